@@ -1,0 +1,15 @@
+"""The data layer: the zarr episode store, sequence sampling for training, normalizers, LeRobot interop."""
+
+from robopolicy.data.episode_store import EpisodeStore
+from robopolicy.data.errors import EpisodeValidationError, StoreFormatError
+from robopolicy.data.recorder import EpisodeRecorder
+from robopolicy.data.schema import FieldSpec, StoreSchema
+
+__all__ = [
+    "EpisodeRecorder",
+    "EpisodeStore",
+    "EpisodeValidationError",
+    "FieldSpec",
+    "StoreFormatError",
+    "StoreSchema",
+]
