@@ -82,9 +82,9 @@ class SequenceDataset(Dataset):
         image_bytes = sum(int(np.prod(store.array(k).shape[1:])) * n for k in self.image_keys)
         self._images: dict[str, np.ndarray] | None = None
         if self.image_keys and image_bytes <= cfg.image_cache_bytes:
-            self._images = {k: np.asarray(store.array(k)[:n]) for k in self.image_keys}
-        self._zarr: dict[str, object] = {}
-        self._zarr_pid = -1
+            self._images = {k: store.frame_reader(k).read(0, n) for k in self.image_keys}
+        self._readers: dict[str, object] = {}
+        self._readers_pid = -1
         self._rng = np.random.default_rng()
         self._rng_pid = -1
 
@@ -105,14 +105,14 @@ class SequenceDataset(Dataset):
         return len(self.indices)
 
     # ---------------------------------------------------------------- reading
-    def _image_array(self, key: str):
+    def _read_images(self, key: str, start: int, stop: int) -> np.ndarray:
         if self._images is not None:
-            return self._images[key]
-        if self._zarr_pid != os.getpid():  # (re)open in this process
+            return self._images[key][start:stop]
+        if self._readers_pid != os.getpid():  # (re)open in this process
             store = EpisodeStore.open(self.path, mode="r")
-            self._zarr = {k: store.array(k) for k in self.image_keys}
-            self._zarr_pid = os.getpid()
-        return self._zarr[key]
+            self._readers = {k: store.frame_reader(k) for k in self.image_keys}
+            self._readers_pid = os.getpid()
+        return self._readers[key].read(start, stop)
 
     def _crop_rng(self) -> np.random.Generator:
         if self._rng_pid != os.getpid():  # distinct crops in every worker
@@ -132,7 +132,7 @@ class SequenceDataset(Dataset):
             if key in self._lowdim:
                 rows = self._lowdim[key][buf_start:buf_start + n_obs_rows]
             else:
-                rows = np.asarray(self._image_array(key)[buf_start:buf_start + n_obs_rows])
+                rows = self._read_images(key, buf_start, buf_start + n_obs_rows)
             window = pad_window(rows, s_start, s_start + len(rows), cfg.n_obs_steps)
             if key_kind(key) == "image":
                 window = self._crop(window).transpose(0, 3, 1, 2)

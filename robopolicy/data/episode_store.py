@@ -27,7 +27,8 @@ import zarr
 
 from robopolicy.data.codecs import chunks_for, compressors_for
 from robopolicy.data.errors import EpisodeValidationError, StoreFormatError
-from robopolicy.data.schema import StoreSchema
+from robopolicy.data.frame_io import FrameChunkIO, frame_io_for
+from robopolicy.data.schema import StoreSchema, key_kind
 
 FORMAT_NAME = "robopolicy.episode_store"
 FORMAT_VERSION = 1
@@ -69,6 +70,7 @@ class EpisodeStore:
         )
         self._ends = self._read_committed_ends()
         self._arrays: dict[str, zarr.Array] = {}
+        self._frame_io: dict[str, FrameChunkIO | None] = {}
         if mode != "r":
             self._clean_torn_tail()
 
@@ -227,6 +229,18 @@ class EpisodeStore:
             self._arrays[key] = self._root[f"data/{key}"]
         return self._arrays[key]
 
+    def frame_reader(self, key: str):
+        """An object with ``read(start, stop) -> ndarray`` for a key: the direct chunk reader for one-frame
+        chunked keys (images, depth; see frame_io.py), zarr otherwise."""
+        fio = self._frame_io_for(key)
+        return fio if fio is not None else _ZarrRows(self.array(key))
+
+    def _frame_io_for(self, key: str) -> FrameChunkIO | None:
+        if key not in self._frame_io:
+            self.array(key)  # raises a clear KeyError for unknown keys
+            self._frame_io[key] = frame_io_for(self.path / "data" / key) if key_kind(key) in ("image", "depth") else None
+        return self._frame_io[key]
+
     def get_episode(self, i: int, keys: list[str] | None = None) -> dict[str, np.ndarray]:
         sl = self.episode_slice(i)
         return {k: np.asarray(self.array(k)[sl]) for k in (keys or self.keys)}
@@ -292,7 +306,11 @@ class EpisodeStore:
         stop = start + len(rows)
         if arr.shape[0] < stop:
             arr.resize((stop, *arr.shape[1:]))
-        arr[start:stop] = rows
+        fio = self._frame_io_for(key)
+        if fio is not None:
+            fio.write(start, rows)
+        else:
+            arr[start:stop] = rows
 
     def commit_episode(self, length: int, attrs: dict[str, Any]) -> int:
         """Make the `length` rows after the committed end an episode: attributes first, episode_ends last."""
@@ -326,3 +344,13 @@ class EpisodeStore:
         from robopolicy.data.recorder import EpisodeRecorder
 
         return EpisodeRecorder(self, attrs or {}, flush_every=flush_every, on_exit=on_exit)
+
+
+class _ZarrRows:
+    """``read(start, stop)`` over a zarr array, for keys the direct frame reader does not handle."""
+
+    def __init__(self, arr: zarr.Array):
+        self.arr = arr
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self.arr[start:stop])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ from robopolicy.data.lerobot_io import (
     SIDECAR_VERSION,
     default_repo_id,
     feature_name_for_key,
+    prefetch,
 )
 from robopolicy.data.schema import FieldSpec, key_kind
 
@@ -125,6 +127,7 @@ def export_store(store_path, out_dir, repo_id=None, use_videos=True, progress=Tr
 
     os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its configuration per video otherwise
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from lerobot.utils.utils import SuppressProgressBars
 
     partial = _prepare_out_dir(out_dir, overwrite)
     streaming = encoding == "streaming" and use_videos and any(k == "image" for _, _, k in plan)
@@ -136,32 +139,35 @@ def export_store(store_path, out_dir, repo_id=None, use_videos=True, progress=Tr
         encoder_queue_maxsize=max(lengths) + 2,
     )
     episodes_meta = []
+    episodes = prefetch(lambda i: (store.get_episode(i), store.episode_attrs(i)), store.n_episodes)
     try:
-        for i in tqdm(range(store.n_episodes), desc="export-lerobot", unit="ep", disable=not progress):
-            ep = store.get_episode(i)
-            attrs = store.episode_attrs(i)
-            task = str(attrs.get("language") or attrs.get("task") or "")
-            for t in range(lengths[i]):
-                frame = {name: _frame_value(kind, ep[key][t]) for key, name, kind in plan}
-                frame["task"] = task
-                ds.add_frame(frame)
-            ds.save_episode()
-            episodes_meta.append({"episode_index": i, "length": lengths[i], "attrs": attrs,
-                                  "timestamps": ep["timestamp"].tolist()})
-        ds.finalize()
+        with SuppressProgressBars():  # datasets' per-episode "Map" bars
+            for i, (ep, attrs) in enumerate(tqdm(episodes, desc="export-lerobot", unit="ep",
+                                                 total=store.n_episodes, disable=not progress)):
+                task = str(attrs.get("language") or attrs.get("task") or "")
+                for t in range(lengths[i]):
+                    frame = {name: _frame_value(kind, ep[key][t]) for key, name, kind in plan}
+                    frame["task"] = task
+                    ds.add_frame(frame)
+                ds.save_episode()
+                episodes_meta.append({"episode_index": i, "length": lengths[i], "attrs": attrs,
+                                      "timestamps": ep["timestamp"].tolist()})
+            ds.finalize()
+        video_keys = [name for _, name, kind in plan if kind == "image" and use_videos]
+        _check_video_lengths(partial, video_keys, lengths, lr_fps)
+        sidecar = {
+            "format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "repo_id": repo_id,
+            "source_store": str(Path(store_path).resolve()), "fps": fps, "schema": store.schema.to_json(),
+            "features": {key: name for key, name, _ in plan},
+            "episodes": episodes_meta,
+        }
+        (partial / SIDECAR_PATH).write_text(json.dumps(sidecar))
     except BaseException:
-        ds.finalize()
+        episodes.close()
+        with contextlib.suppress(Exception):
+            ds.finalize()
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    video_keys = [name for _, name, kind in plan if kind == "image" and use_videos]
-    _check_video_lengths(partial, video_keys, lengths, lr_fps)
-    sidecar = {
-        "format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "repo_id": repo_id,
-        "source_store": str(Path(store_path).resolve()), "fps": fps, "schema": store.schema.to_json(),
-        "features": {key: name for key, name, _ in plan},
-        "episodes": episodes_meta,
-    }
-    (partial / SIDECAR_PATH).write_text(json.dumps(sidecar))
     images_tmp = partial / "images"  # lerobot leaves its (empty) per-frame staging folders behind
     if images_tmp.is_dir() and not any(p.is_file() for p in images_tmp.rglob("*")):
         shutil.rmtree(images_tmp)

@@ -26,6 +26,8 @@ lerobot is imported lazily: ``import robopolicy.data`` stays light.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +105,19 @@ def read_sidecar(dataset_dir: str | Path) -> dict[str, Any] | None:
     if side.get("format") != SIDECAR_FORMAT or side.get("version") != SIDECAR_VERSION:
         return None
     return side
+
+
+def prefetch(fn: Callable[[int], Any], n: int) -> Iterator[Any]:
+    """Yield fn(0), ..., fn(n-1) in order, computing the next item in a background thread meanwhile."""
+    if n <= 0:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        fut = pool.submit(fn, 0)
+        for i in range(n):
+            item = fut.result()
+            if i + 1 < n:
+                fut = pool.submit(fn, i + 1)
+            yield item
 
 
 # ---------------------------------------------------------------------------------------------- public API
