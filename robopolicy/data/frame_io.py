@@ -16,10 +16,28 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numcodecs
 import numpy as np
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="frame-io")
+    return _POOL
+
+
+def _forget_pool() -> None:  # threads do not survive fork: a child builds its own pool
+    global _POOL
+    _POOL = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 _SHUFFLE = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE,
             "bitshuffle": numcodecs.Blosc.BITSHUFFLE}
@@ -54,17 +72,25 @@ class FrameChunkIO:
             out[j] = self.read_frame(i)
         return out
 
+    def write_frame(self, i: int, frame: np.ndarray) -> None:
+        frame = np.ascontiguousarray(frame, dtype=self.dtype)
+        payload = self.codec.encode(frame) if self.codec is not None else frame.tobytes()
+        path = os.path.join(self.dir, "c", str(i), self._suffix)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.partial"
+        with open(tmp, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, path)
+
     def write(self, start: int, rows: np.ndarray) -> None:
-        """Write rows at [start, start+len); the array must already have been resized by zarr."""
-        for j in range(len(rows)):
-            frame = np.ascontiguousarray(rows[j], dtype=self.dtype)
-            payload = self.codec.encode(frame) if self.codec is not None else frame.tobytes()
-            path = self._chunk_path(start + j)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
-            with open(tmp, "wb") as f:
-                f.write(payload)
-            os.replace(tmp, path)
+        """Write rows at [start, start+len); the array must already have been resized by zarr.
+
+        Long runs go through a small thread pool: Blosc and file I/O release the GIL."""
+        if len(rows) < 8:
+            for j in range(len(rows)):
+                self.write_frame(start + j, rows[j])
+            return
+        list(_pool().map(lambda j: self.write_frame(start + j, rows[j]), range(len(rows))))
 
 
 def frame_io_for(array_dir: Path) -> FrameChunkIO | None:

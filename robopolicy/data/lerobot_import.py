@@ -213,13 +213,15 @@ class _VideoSegments:
                 f"{gt[idx[bad]]:.4f} s); the video and the timestamps disagree. Pass a larger tolerance_s to accept it.")
         if not self.is_depth:
             return np.stack([got[i].to_ndarray(format="rgb24") for i in idx])
+        import torch
         from lerobot.datasets.depth_utils import dequantize_depth
 
-        codes = np.stack([got[i].to_ndarray(format="gray12le") for i in idx])[:, None]
+        # the torch path, as LeRobotDataset's reader uses it: identical values to what lerobot returns
+        codes = torch.from_numpy(np.stack([got[i].to_ndarray(format="gray12le") for i in idx])[:, None])
         c = self.depth_cfg
         mm = dequantize_depth(codes, depth_min=c.depth_min, depth_max=c.depth_max, shift=c.shift, use_log=c.use_log,
-                              output_unit="mm", output_tensor=False, output_channel_last=True)
-        return np.asarray(mm)[..., 0].astype(np.uint16)
+                              output_unit="mm", output_tensor=True)
+        return mm[:, 0].numpy().astype(np.uint16)
 
 
 # ---------------------------------------------------------------------------------------------- import
