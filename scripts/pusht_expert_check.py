@@ -43,13 +43,13 @@ def run_expert(seeds: list[int], obs_mode: str) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
         obs, info = env.reset(seed=seed)
         expert.reset(seed)
-        best = info["score"]
+        best = info["coverage"]
         success = info["success"]
         steps = 0
         terminated = truncated = False
         while not (terminated or truncated):
             obs, _, terminated, truncated, info = env.step(expert.act(obs, info))
-            best = max(best, info["score"])
+            best = max(best, info["coverage"])
             success = success or info["success"]
             steps += 1
         episodes.append(

@@ -20,14 +20,14 @@ def _run_expert(seed: int, expert_seed: int | None = None) -> tuple[float, np.nd
     expert = sim.make_expert("pusht", env)
     obs, info = env.reset(seed=seed)
     expert.reset(seed if expert_seed is None else expert_seed)
-    best, actions, success = info["score"], [], False
+    best, actions, success = info["coverage"], [], False
     for _ in range(env.max_episode_steps):
         action = expert.act(obs, info)
         assert action.dtype == np.float32 and action.shape == (2,)
         assert env.action_space.contains(action)
         actions.append(action)
         obs, _, terminated, truncated, info = env.step(action)
-        best = max(best, info["score"])
+        best = max(best, info["coverage"])
         success = success or info["success"]
         if terminated or truncated:
             break
@@ -103,23 +103,24 @@ def test_seeded_reset_reproduces_exactly() -> None:
 def test_success_flag_follows_coverage_threshold() -> None:
     env = PushTTask(obs_mode="state", max_episode_steps=5)
     _, info = env.reset(seed=0)
-    assert info["score"] < 0.95 and not info["success"]
+    assert info["coverage"] < 0.95 and not info["success"]
     # Put the block exactly on the target, agent far away: full coverage, success, termination.
     goal = env.goal_pose
     env.sim.block.angle = goal[2]
     env.sim.block.position = tuple(goal[:2])
     env.sim.agent.position = (40.0, 40.0)
     _, _, terminated, truncated, info = env.step(np.array([40.0, 40.0], np.float32))
-    assert info["score"] > 0.99 and info["success"] and terminated and not truncated
+    assert info["coverage"] > 0.99 and info["score"] == 1.0 and info["success"] and terminated and not truncated
     # Slightly off target: coverage below the threshold, and the flag says so.
     env.reset(seed=0)
     env.sim.block.angle = goal[2] + 0.15
     env.sim.block.position = tuple(goal[:2])
     env.sim.agent.position = (40.0, 40.0)
     _, _, terminated, _, info = env.step(np.array([40.0, 40.0], np.float32))
-    assert 0.5 < info["score"] < 0.95
+    assert 0.5 < info["coverage"] < 0.95
+    assert info["score"] == pytest.approx(info["coverage"] / 0.95)
     assert info["success"] is False and not terminated
-    assert info["success"] == (info["score"] >= env.success_threshold)
+    assert info["success"] == (info["coverage"] >= env.success_threshold)
 
 
 def test_truncation_and_bad_actions() -> None:

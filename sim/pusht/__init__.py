@@ -32,7 +32,7 @@ register_task(
         make_expert=make_expert,
         max_episode_steps=MAX_EPISODE_STEPS,
         fps=FPS,
-        description=f"{LANGUAGE} (gym-pusht; success = coverage >= {SUCCESS_THRESHOLD}, score = max coverage)",
+        description=f"{LANGUAGE} (gym-pusht; success = coverage >= {SUCCESS_THRESHOLD}, score = max of clip(coverage/0.95, 0, 1), as Diffusion Policy)",
     )
 )
 

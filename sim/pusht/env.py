@@ -6,12 +6,13 @@ This adapter puts them behind the project's conventions:
 
 - observation: a `gymnasium.spaces.Dict` with `state` float32 and `images/top` uint8 [H, W, 3];
 - action: float32 [2], the target position of the agent in pixels of the 512x512 board (clipped to [0, 512]);
-- `info["score"]` is the coverage of the goal region by the block at this step (intersection area over the
-  T's area, in [0, 1]); `info["success"]` is `coverage >= success_threshold` (0.95, Diffusion Policy's value).
-  gym-pusht's own test is the strict `coverage > 0.95` and its reward is `clip(coverage / 0.95, 0, 1)`;
-  we keep its reward as the gymnasium reward and expose that normalised value as `info["normalized_coverage"]`.
-  The episode terminates on success (as in gym-pusht and Diffusion Policy) and truncates after
-  `max_episode_steps` (300) steps. The task score of an episode is the max of `info["score"]` over it.
+- `info["coverage"]` is the coverage of the goal region by the block at this step (intersection area over
+  the T's area, in [0, 1]); `info["success"]` is `coverage >= success_threshold` (0.95, Diffusion Policy's
+  value; gym-pusht's own test is the strict `coverage > 0.95`).
+- `info["score"]` is Diffusion Policy's normalised coverage `clip(coverage / 0.95, 0, 1)` (also gym-pusht's
+  reward), so the task score of an episode -- the max of `info["score"]` over it, averaged over episodes --
+  is DP's `test_mean_score`. The episode terminates on success (as in gym-pusht and Diffusion Policy) and
+  truncates after `max_episode_steps` (300) steps.
 """
 
 from __future__ import annotations
@@ -176,9 +177,8 @@ class PushTTask(gym.Env):
     def _info(self, coverage: float) -> dict[str, Any]:
         return {
             "success": bool(coverage >= self.success_threshold),
-            "score": float(coverage),
+            "score": float(min(max(coverage / self.success_threshold, 0.0), 1.0)),
             "coverage": float(coverage),
-            "normalized_coverage": float(min(max(coverage / self.success_threshold, 0.0), 1.0)),
             "language": LANGUAGE,
         }
 
