@@ -86,7 +86,8 @@ def cmd_render(args) -> int:
 def cmd_export(args) -> int:
     from robopolicy.data.lerobot_io import export_lerobot
 
-    out = export_lerobot(args.store, args.out, repo_id=args.repo_id, use_videos=not args.images)
+    out = export_lerobot(args.store, args.out, repo_id=args.repo_id, use_videos=not args.images,
+                         overwrite=args.overwrite)
     console.print(f"wrote LeRobotDataset v3 to {out}")
     return 0
 
@@ -94,7 +95,7 @@ def cmd_export(args) -> int:
 def cmd_import(args) -> int:
     from robopolicy.data.lerobot_io import import_lerobot
 
-    store = import_lerobot(args.dataset, args.out)
+    store = import_lerobot(args.dataset, args.out, overwrite=args.overwrite)
     console.print(f"imported {store.n_episodes} episodes ({store.n_frames} frames) into {store.path}")
     return 0
 
@@ -122,18 +123,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("store")
     s.add_argument("out", help="output folder of the LeRobot dataset (must not exist)")
     s.add_argument("--repo-id", default=None, help="dataset repo id recorded in its metadata (default local/<name>)")
-    s.add_argument("--images", action="store_true", help="store frames as images instead of videos")
+    s.add_argument("--images", action="store_true", help="store frames as lossless images instead of videos")
+    s.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     s.set_defaults(fn=cmd_export)
     s = sub.add_parser("import-lerobot", help="read a local LeRobotDataset v3 into a new episode store")
     s.add_argument("dataset", help="folder of a LeRobotDataset v3 (with meta/info.json)")
     s.add_argument("out", help="path of the new episode store (.zarr)")
+    s.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     s.set_defaults(fn=cmd_import)
     return p
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except (FileNotFoundError, FileExistsError, ValueError, StoreFormatError) as e:
+        # Bad input (a missing path, an existing output, a foreign dataset): one line, not a traceback.
+        console.print(f"[red]error:[/red] {e}")
+        return 1
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("robopolicy.cli.data", "inspect, validate, render and convert episode stores (LeRobot v3 import/export)"),
     "sim": ("robopolicy.cli.sim", "list simulated tasks; collect scripted-expert demonstrations"),
     "eval": ("robopolicy.cli.eval", "evaluate an agent (expert or checkpoint) on a simulated task"),
+    "train": ("robopolicy.cli.train", "train an imitation policy on an episode store (hydra: task=... policy=...)"),
+    "collect": ("robopolicy.cli.collect",
+                "teleoperate an arm (sim by default) and record episodes; `collect review` replays one"),
 }
 
 

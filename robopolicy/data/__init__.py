@@ -2,6 +2,7 @@
 
 from robopolicy.data.episode_store import EpisodeStore
 from robopolicy.data.errors import EpisodeValidationError, StoreFormatError
+from robopolicy.data.lerobot_io import LeRobotFormatError, export_lerobot, import_lerobot
 from robopolicy.data.recorder import EpisodeRecorder
 from robopolicy.data.schema import FieldSpec, StoreSchema
 
@@ -10,6 +11,9 @@ __all__ = [
     "EpisodeStore",
     "EpisodeValidationError",
     "FieldSpec",
+    "LeRobotFormatError",
     "StoreFormatError",
     "StoreSchema",
+    "export_lerobot",
+    "import_lerobot",
 ]

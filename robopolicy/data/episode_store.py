@@ -177,7 +177,7 @@ class EpisodeStore:
         """Remove rows past the last committed episode and partial files left by a killed writer."""
         end = self.n_frames
         for key in self.keys:
-            arr = self._root[f"data/{key}"]
+            arr = self.array(key)  # the cached object, so later writes see the new shape
             if arr.shape[0] != end:
                 arr.resize((end, *arr.shape[1:]))
         for name in ("meta/episode_attrs", "meta/episode_ends"):

@@ -138,6 +138,9 @@ def export_store(store_path, out_dir, repo_id=None, use_videos=True, progress=Tr
         # never drop frames: the queue holds a whole episode (offline export feeds faster than real time)
         encoder_queue_maxsize=max(lengths) + 2,
     )
+    import av
+
+    av.logging.set_libav_level(av.logging.WARNING)  # silence ffmpeg's per-episode mp4 "second pass" notes
     episodes_meta = []
     episodes = prefetch(lambda i: (store.get_episode(i), store.episode_attrs(i)), store.n_episodes)
     try:
@@ -168,6 +171,8 @@ def export_store(store_path, out_dir, repo_id=None, use_videos=True, progress=Tr
             ds.finalize()
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    finally:
+        av.logging.set_libav_level(av.logging.INFO)  # libav's default
     images_tmp = partial / "images"  # lerobot leaves its (empty) per-frame staging folders behind
     if images_tmp.is_dir() and not any(p.is_file() for p in images_tmp.rglob("*")):
         shutil.rmtree(images_tmp)

@@ -248,12 +248,13 @@ def _plan(info: dict[str, Any], side: dict[str, Any] | None) -> list[tuple[str, 
     return plan
 
 
-def _timestamps(tbl, rows: np.ndarray, fps: int) -> tuple[np.ndarray, np.ndarray]:
-    """(times relative to the episode for video lookup, float64 store timestamps)."""
-    ts32 = tbl.column("timestamp").to_numpy()[rows]
+def _timestamps(ts32: np.ndarray, frame_index: np.ndarray, fps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(times relative to the episode for the video lookup, float64 store timestamps) of one episode.
+
+    LeRobot writes timestamp = frame_index / fps as float32; when that holds, the store gets the exact
+    float64 value instead of the float32 rounding."""
     rel = ts32.astype(np.float64)
-    fi = tbl.column("frame_index").to_numpy()[rows].astype(np.float64)
-    nominal = fi / fps
+    nominal = frame_index.astype(np.float64) / fps
     store_ts = nominal if np.array_equal(nominal.astype(np.float32), ts32.astype(np.float32)) else rel
     if len(store_ts) > 1 and (np.diff(store_ts) <= 0).any():
         warnings.warn("LeRobot timestamps are not strictly increasing in an episode; using frame_index / fps",
@@ -275,7 +276,9 @@ class _EpisodeReader:
         self.side_fields = ((side or {}).get("schema") or {}).get("fields", {})
         self.columns = ["timestamp", "frame_index", "episode_index", "task_index"]
         self.columns += [name for name, _, _, kind in self.plan if kind != "video"]
-        self._table_key = self._tbl = self._ep_col = None
+        self._table_key = self._tbl = None
+        self._cols: dict[str, np.ndarray] = {}
+        self._rows: dict[int, np.ndarray] = {}
         self.pool = ThreadPoolExecutor(max_workers=max(1, min(4, len(self.readers))))
 
     def close(self) -> None:
@@ -284,6 +287,7 @@ class _EpisodeReader:
             r.close()
 
     def _table(self, ep: dict, e: int):
+        """The data file holding episode e (read once), and the row numbers of e in it, in frame order."""
         import pyarrow.parquet as pq
 
         key = (int(ep["data/chunk_index"]), int(ep["data/file_index"]))
@@ -292,19 +296,20 @@ class _EpisodeReader:
             if not path.exists():
                 raise LeRobotFormatError(f"{self.root}: data file {path.relative_to(self.root)} of episode {e} is missing")
             self._tbl, self._table_key = pq.read_table(path, columns=self.columns), key
-            self._ep_col = self._tbl.column("episode_index").to_numpy()
-        return self._tbl
+            self._cols = {c: self._tbl.column(c).to_numpy() for c in self.columns[:4]}
+            order = np.lexsort((self._cols["frame_index"], self._cols["episode_index"]))
+            eps, starts = np.unique(self._cols["episode_index"][order], return_index=True)
+            self._rows = dict(zip(eps.tolist(), np.split(order, starts[1:]), strict=True))
+        return self._tbl, self._rows.get(e, np.zeros(0, dtype=np.int64))
 
     def load(self, n: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         ep = self.episodes[n]
         e = int(ep["episode_index"])
-        tbl = self._table(ep, e)
-        rows = np.flatnonzero(self._ep_col == e)
-        rows = rows[np.argsort(tbl.column("frame_index").to_numpy()[rows], kind="stable")]
+        tbl, rows = self._table(ep, e)
         if len(rows) != int(ep["length"]):
             raise LeRobotFormatError(f"{self.root}: episode {e} has {len(rows)} rows in its data file but length "
                                      f"{ep['length']} in meta/episodes")
-        rel_ts, store_ts = _timestamps(tbl, rows, self.fps)
+        rel_ts, store_ts = _timestamps(self._cols["timestamp"][rows], self._cols["frame_index"][rows], self.fps)
         steps: dict[str, np.ndarray] = {}
         futures = {}
         for name, key, ft, kind in self.plan:
@@ -330,7 +335,7 @@ class _EpisodeReader:
             steps[TIMESTAMP_KEY] = np.asarray(side_ep["timestamps"], dtype=np.float64)
             return steps, dict(side_ep["attrs"])
         steps[TIMESTAMP_KEY] = store_ts
-        task_idx = tbl.column("task_index").to_numpy()[rows]
+        task_idx = self._cols["task_index"][rows]
         ep_tasks = [self.tasks.get(int(t), "") for t in dict.fromkeys(task_idx.tolist())]
         task = ep_tasks[0] if ep_tasks else ""
         attrs = {"task": task, "language": task, "success": None, "source": "imported",
@@ -346,13 +351,12 @@ def import_dataset(dataset_dir, store_path, progress=True, overwrite=False, tole
 
     root = Path(dataset_dir)
     info = _read_info(root)
+    store_path = Path(store_path)
+    if store_path.exists() and not overwrite:
+        raise FileExistsError(f"{store_path} already exists; choose another path or pass overwrite=True")
     episodes = _read_episodes(root)
     side = _sidecar_for(root, episodes)
     reader = _EpisodeReader(root, info, _read_tasks(root), episodes, side, tolerance_s)
-    store_path = Path(store_path)
-    if store_path.exists() and not overwrite:
-        reader.close()
-        raise FileExistsError(f"{store_path} already exists; choose another path or pass overwrite=True")
     partial = store_path.with_name(store_path.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)
