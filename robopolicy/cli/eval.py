@@ -1,0 +1,156 @@
+"""`robopolicy eval`: evaluate the scripted expert or a trained checkpoint on a sim task.
+
+Thin layer: compose configs/eval.yaml with hydra, build the agent, call robopolicy.eval.evaluate.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HELP = """\
+usage: robopolicy eval [key=value ...]
+
+Evaluate an agent on a simulated task over seeded episodes in parallel worker processes, and write
+eval.json, rollouts.mp4 (a few successes and failures) and summary.png into `out`.
+
+  task=NAME           sim task (list them with `robopolicy sim list`), default pusht
+  agent=expert        the task's scripted expert (default)
+  checkpoint=PATH     evaluate a trained checkpoint (robopolicy.load) instead of the expert
+  episodes=50         number of episodes; episode i uses seed + i
+  seed=100000         first episode seed
+  workers=2           env worker processes (1 = in-process)
+  obs_mode=MODE       state | pixels | both (default: what the agent asks for / the task's default)
+  image_size=96       camera size, int or [H,W]
+  max_steps=N         cap on episode length (default: the task's limit)
+  stop_on_success=true  end an episode at its first success
+  videos=2            episodes per outcome in the video (0: no video)
+  out=DIR             report directory (default results/eval/<task>_<agent>_<time>)
+  context=spawn       worker start method (spawn | forkserver)
+  progress=true       progress bar
+
+Defaults live in configs/eval.yaml. Example:
+  robopolicy eval task=pusht episodes=50 workers=2 agent=expert out=results/eval/pusht_expert
+"""
+
+# Keys the CLI takes as plain values even if a hydra config group of the same name exists
+# (configs/task/ describes training tasks; here `task` is a sim registry name).
+PLAIN_KEYS = ("task",)
+
+
+def config_dir() -> Path:
+    """The repository's configs/ directory (override with ROBOPOLICY_CONFIG_DIR)."""
+    env = os.environ.get("ROBOPOLICY_CONFIG_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "configs"
+
+
+def compose_config(config_name: str, argv: list[str]) -> Any:
+    """Compose `configs/<config_name>.yaml` with key=value overrides through hydra's compose API."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    plain, overrides = {}, []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in PLAIN_KEYS:
+            plain[key] = value
+        else:
+            overrides.append(arg)
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        cfg = compose(config_name=config_name, overrides=overrides)
+    for key, value in plain.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    return cfg
+
+
+def to_plain(value: Any) -> Any:
+    """OmegaConf containers -> Python lists/dicts (e.g. image_size=[84,84])."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def _build_agent(cfg: Any) -> Any:
+    if cfg.checkpoint:
+        import robopolicy
+
+        load = getattr(robopolicy, "load", None)
+        if load is None:
+            raise SystemExit(
+                "error: checkpoint loading is not available yet: robopolicy.load arrives with the training "
+                "issue [C]. Until then evaluate the scripted expert with agent=expert."
+            )
+        try:
+            return load(cfg.checkpoint)
+        except Exception as e:  # missing files, bad config, CheckpointError: name the checkpoint
+            raise SystemExit(f"error: cannot load checkpoint {cfg.checkpoint}: {e}") from e
+    if cfg.agent == "expert":
+        from robopolicy.agent import ExpertAgent
+
+        return ExpertAgent(cfg.task)
+    raise SystemExit(f"error: unknown agent={cfg.agent!r}; use agent=expert or checkpoint=PATH")
+
+
+def _print_summary(result: Any) -> None:
+    s = result.summary
+    lo, hi = s["success_ci95"]
+    print(f"task {result.config['task']} | agent {result.config['agent']} | {s['n_episodes']} episodes "
+          f"| {result.config['n_workers']} workers | {s['wall_s']:.1f} s")
+    print(f"  success        {s['success_rate']:.1%}  (Wilson 95% CI {lo:.1%} - {hi:.1%}, "
+          f"{s['n_success']}/{s['n_episodes']})")
+    print(f"  score          {s['score_mean']:.3f} +- {s['score_std']:.3f}")
+    print(f"  episode length {s['length_mean']:.1f}")
+    print(f"  latency/call   median {s['latency_ms_median']:.2f} ms, p95 {s['latency_ms_p95']:.2f} ms "
+          f"({s['n_agent_calls']} calls)")
+    print(f"  NFE/action     {s['nfe_per_action']:.2f}")
+    if s["n_errors"]:
+        print(f"  env errors     {s['n_errors']} episodes (tracebacks in eval.json)")
+    for name, path in result.paths.items():
+        print(f"  {name:<14} {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `robopolicy eval`; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(HELP)
+        return 0
+    try:
+        cfg = compose_config("eval", argv)
+    except Exception as e:  # hydra's messages name the bad key; add how to see the valid ones
+        print(f"error: {e}\nSee `robopolicy eval --help` for the options.", file=sys.stderr)
+        return 2
+    from robopolicy.eval import evaluate
+    from sim.registry import get_task
+
+    try:
+        get_task(cfg.task)
+    except (KeyError, ImportError) as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    try:
+        agent = _build_agent(cfg)
+    except SystemExit as e:
+        print(e, file=sys.stderr)
+        return 2
+    env_kwargs: dict[str, Any] = {}
+    if cfg.obs_mode is not None:
+        env_kwargs["obs_mode"] = cfg.obs_mode
+    if cfg.image_size is not None:
+        size = to_plain(cfg.image_size)
+        env_kwargs["image_size"] = (size, size) if isinstance(size, int) else tuple(size)
+    agent_name = "checkpoint" if cfg.checkpoint else str(cfg.agent)
+    out = cfg.out or f"results/eval/{cfg.task}_{agent_name}_{time.strftime('%Y%m%d-%H%M%S')}"
+    result = evaluate(agent, cfg.task, n_episodes=int(cfg.episodes), seed=int(cfg.seed),
+                      n_workers=int(cfg.workers), env_kwargs=env_kwargs, max_episode_steps=cfg.max_steps,
+                      stop_on_success=bool(cfg.stop_on_success), videos_per_outcome=int(cfg.videos),
+                      out_dir=out, context=str(cfg.context), progress=bool(cfg.progress))
+    _print_summary(result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
