@@ -36,6 +36,7 @@ from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 from metaworld.policies import ENV_POLICY_MAP
 
 from sim.registry import TaskSpec, register_task
+from sim.sizes import parse_image_size
 
 # Meta-World's scripted policies warn on every step that their gains saturate the [-1, 1] action range;
 # the saturation is intended, the warning is noise.
@@ -149,8 +150,8 @@ class MetaWorldEnv(gym.Env):
             raise ValueError(f"task_sampling must be 'mt1' or 'seeded', got {task_sampling!r}")
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
-        self.image_size = _check_size("image_size", image_size)
-        self.render_size = _check_size("render_size", render_size)
+        self.image_size = parse_image_size(image_size, "image_size")
+        self.render_size = parse_image_size(render_size, "render_size")
         self.cameras = tuple(cameras) if obs_mode != "state" else ()
         unknown = [c for c in self.cameras if c not in CAMERAS]
         if unknown:
@@ -316,12 +317,6 @@ class MetaWorldEnv(gym.Env):
         renderer.update_scene(self._mw.data, camera=mj_name)
         img = renderer.render()
         return np.ascontiguousarray(img[::-1, ::-1]) if turn else img
-
-
-def _check_size(what: str, size: tuple[int, int]) -> tuple[int, int]:
-    if len(size) != 2 or any(int(s) < 1 for s in size):
-        raise ValueError(f"{what} must be (height, width) with positive entries, got {size!r}")
-    return int(size[0]), int(size[1])
 
 
 class MetaWorldExpert:

@@ -34,6 +34,7 @@ import robosuite  # noqa: E402
 from robosuite.controllers import load_composite_controller_config  # noqa: E402
 
 from sim.registry import TaskSpec, register_task  # noqa: E402
+from sim.sizes import parse_image_size
 
 logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
 
@@ -75,15 +76,6 @@ TASKS: dict[str, RobosuiteTaskInfo] = {
         "robosuite NutAssemblySquare: fit the square nut over the square peg",
     ),
 }
-
-
-def _parse_size(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    size = tuple(int(s) for s in image_size)
-    if len(size) != 2 or min(size) <= 0:
-        raise ValueError(f"image_size must be (H, W) with positive entries or one int, got {image_size!r}")
-    return size  # type: ignore[return-value]
 
 
 _LIVE_RENDERERS: weakref.WeakSet[FastRenderer] = weakref.WeakSet()
@@ -162,8 +154,8 @@ class RobosuiteEnv(gym.Env):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.task = TASKS[task]
         self.obs_mode = obs_mode
-        self.image_size = _parse_size(image_size)
-        self.render_size = _parse_size(render_size)
+        self.image_size = parse_image_size(image_size, "image_size")
+        self.render_size = parse_image_size(render_size, "render_size")
         self.render_mode = render_mode
         self.max_episode_steps = int(max_episode_steps or self.task.max_episode_steps)
         self.terminate_on_success = terminate_on_success

@@ -43,6 +43,7 @@ from sim.embedded.task_defs import (
     sample_instance,
     sample_layout,
 )
+from sim.sizes import parse_image_size
 
 POS_STEP = 0.04  # m per control step at |action| = 1
 YAW_STEP = 0.15  # rad per control step at |action| = 1
@@ -54,18 +55,6 @@ STATE_MODES = ("full", "proprio")
 PROPRIO_DIM = 14
 FULL_STATE_DIM = PROPRIO_DIM + 7 * len(COLORS) + 3
 ACTION_DIM = 5
-
-
-def _parse_size(size: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
-    if isinstance(size, int | np.integer):
-        h = w = int(size)
-    elif isinstance(size, tuple | list) and len(size) == 2:
-        h, w = int(size[0]), int(size[1])
-    else:
-        raise ValueError(f"{name} must be an int or an (H, W) pair, got {size!r}")
-    if not (8 <= h <= 480 and 8 <= w <= 640):
-        raise ValueError(f"{name} must be between 8x8 and 480x640 pixels, got {(h, w)}")
-    return h, w
 
 
 class EmbeddedEnv(gym.Env):
@@ -124,8 +113,8 @@ class EmbeddedEnv(gym.Env):
         self.render_mode = render_mode
         self.cameras = tuple(cameras)
         self.depth = bool(depth)
-        self.image_size = _parse_size(image_size, "image_size")
-        self.render_size = _parse_size(render_size, "render_size")
+        self.image_size = parse_image_size(image_size, "image_size")
+        self.render_size = parse_image_size(render_size, "render_size")
         self.substeps = substeps
         self.control_hz = 1.0 / (substeps * PHYSICS_DT)
         self.metadata = {**self.metadata, "render_fps": self.control_hz}

@@ -25,6 +25,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from sim.sizes import parse_image_size
+
 with warnings.catch_warnings():
     # pygame (imported by gym-pusht) warns about pkg_resources on import; nothing we can act on.
     warnings.simplefilter("ignore")
@@ -38,19 +40,6 @@ BOARD_SIZE = 512.0
 CAMERA = "top"
 OBS_MODES = ("state", "pixels", "both")
 STATE_MODES = ("full", "agent")
-
-
-def _parse_size(size: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
-    """(H, W) from an int or a pair, with a clear error for anything else."""
-    if isinstance(size, int | np.integer):
-        h = w = int(size)
-    elif isinstance(size, tuple | list) and len(size) == 2:
-        h, w = int(size[0]), int(size[1])
-    else:
-        raise ValueError(f"{name} must be an int or an (H, W) pair, got {size!r}")
-    if h < 8 or w < 8:
-        raise ValueError(f"{name} must be at least 8x8 pixels, got {(h, w)}")
-    return h, w
 
 
 class PushTTask(gym.Env):
@@ -97,8 +86,8 @@ class PushTTask(gym.Env):
         self.obs_mode = obs_mode
         self.state_mode = state_mode
         self.render_mode = render_mode
-        self.image_size = _parse_size(image_size, "image_size")
-        self.render_size = _parse_size(render_size, "render_size")
+        self.image_size = parse_image_size(image_size, "image_size")
+        self.render_size = parse_image_size(render_size, "render_size")
         self.success_threshold = float(success_threshold)
         self.max_episode_steps = int(max_episode_steps)
         h, w = self.image_size
