@@ -1,0 +1,38 @@
+"""robopolicy: visuomotor policy heads, imitation and RL fine-tuning, a real-time runtime (DESIGN.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from robopolicy.policy_agent import PolicyAgent
+
+
+def load(path: str | Path, device: str = "cpu", seed: int | None = None, **inference: Any) -> PolicyAgent:
+    """Load a checkpoint directory as an Agent that takes raw observations and returns raw actions.
+
+    Args:
+        path: a checkpoint directory (model.safetensors, config.yaml, normalizer.safetensors, meta.json),
+            e.g. runs/pusht/best.
+        device: where the policy runs ("cpu", "cuda", "cuda:1").
+        seed: seeds the agent's noise stream (reproducible sampling); None uses torch's global RNG.
+        **inference: the head's inference settings to change without retraining (e.g. num_inference_steps=10),
+            passed to `policy.set_inference`.
+    """
+    # Imported here so that `import robopolicy` stays light (no torch import for the CLI's --help).
+    from robopolicy.policy_agent import PolicyAgent
+    from robopolicy.train.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(path, device=device)
+    task = loaded.config.get("task") or {}
+    agent = PolicyAgent(loaded.policy, loaded.normalizer, device=device, action_key=task.get("action_key", "action"),
+                        env_kwargs=dict(task.get("env_kwargs") or {}), seed=seed)
+    agent.checkpoint_path = str(loaded.path)
+    agent.meta = loaded.meta
+    if inference:
+        agent.set_inference(**inference)
+    return agent
+
+
+__all__ = ["load"]

@@ -173,8 +173,20 @@ def test_wilson_interval_values():
     lo, hi = wilson_interval(50, 50)
     assert hi == 1.0 and lo == pytest.approx(0.9287, abs=1e-4)
     assert wilson_interval(0, 0) == (0.0, 1.0)
+    for n in (1, 7, 50, 333):  # the interval always contains the observed rate, exactly at the ends
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
     with pytest.raises(ValueError):
         wilson_interval(3, 2)
+
+
+def test_summary_plot_with_no_successes(tmp_path):
+    from robopolicy.eval.metrics import EpisodeRecord, summarize
+    from robopolicy.eval.plots import plot_summary
+
+    records = [EpisodeRecord(index=i, seed=i, success=False, score=0.1, length=5, reward=0.0) for i in range(50)]
+    summary = summarize(records, [1.0] * 10, n_obs_steps=1, n_action_steps=1, nfe=0)
+    path = plot_summary(tmp_path / "s.png", records, summary, [1.0] * 10, "all failures")
+    assert path.stat().st_size > 5_000
 
 
 def test_chunk_execution_and_history_padding():

@@ -1,0 +1,393 @@
+"""The imitation trainer: data -> normalizer -> policy -> AdamW + cosine warm-up + EMA, under accelerate.
+
+`Trainer(...)` checks everything it can before touching data (policy name and config keys, obs keys
+against the store, the head's own `validate_config`, the eval task); `fit()` then trains. One process or
+several (`accelerate launch`): accelerate wraps the model, optimizer and dataloader; only the main
+process writes logs and checkpoints.
+
+Exact resume: `last/train_state/` holds the raw weights, optimizer, scheduler, EMA counters, the data
+position (epoch, batch) and every process's RNG states, saved at step boundaries. Validation and sim
+evaluation run with isolated RNGs, so they do not shift the training noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import shutil
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robopolicy.policies.registry import (
+    PolicyConfigError,
+    build_config,
+    get_policy_class,
+    validate_policy_config,
+)
+from robopolicy.train import checkpoint as ckpt
+from robopolicy.train.config import TaskConfig, TrainerConfig
+from robopolicy.train.data import make_datasets, make_loader, open_store, spec_from_store
+from robopolicy.train.ema import EMA
+from robopolicy.train.evaluation import normalize_batch, sim_evaluation, validation_loss
+from robopolicy.train.monitor import TrainMonitor
+from robopolicy.train.optim import make_lr_scheduler, make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    step: int
+    last: Path | None
+    best: Path | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) of every step of this run
+
+
+class _LossModule(nn.Module):
+    """Routes `forward` to `compute_loss`, so DDP's forward hooks (gradient sync) see the loss call."""
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return self.policy.compute_loss(batch)
+
+
+class Trainer:
+    """One training run. Construction validates the configuration; `fit()` trains."""
+
+    def __init__(self, task: TaskConfig, policy_name: str, policy_cfg: dict[str, Any] | None, cfg: TrainerConfig,
+                 run_config: dict[str, Any] | None = None):
+        self.task, self.policy_name, self.cfg = task, policy_name, cfg
+        self.policy_cfg_dict = dict(policy_cfg or {})
+        # ---- cheap checks first: nothing below reads the data or builds a network
+        self.policy_cls = get_policy_class(policy_name)
+        self.policy_config = build_config(self.policy_cls.Config, self.policy_cfg_dict, where=f"policy '{policy_name}'")
+        self.store = open_store(task)
+        self.spec = spec_from_store(task, self.store)
+        validate_policy_config(self.policy_cls, self.spec, self.policy_config)
+        self._check_constructible()
+        if cfg.eval_every and not task.env:
+            raise ValueError("trainer.eval_every > 0 needs task.env (the sim task to evaluate on); set eval_every=0 "
+                             "to train without sim evaluation")
+        if task.env:
+            from sim.registry import get_task
+
+            get_task(task.env)  # unknown task names fail here, not after hours of training
+        self.out_dir = Path(cfg.out_dir)
+        self.resume_from = self._resume_path()
+        self._git_revision = ckpt.git_revision()
+        self.run_config = run_config or {
+            "task": dataclasses.asdict(task), "policy": {"name": policy_name, "config": self.policy_cfg_dict},
+            "trainer": dataclasses.asdict(cfg)}
+
+    def _check_constructible(self) -> None:
+        """Build the head on the meta device (no memory, no compute) so config errors surface now."""
+        try:
+            with torch.device("meta"):
+                self.policy_cls(self.spec, self.policy_config)
+        except (ValueError, KeyError) as e:
+            msg = e.args[0] if e.args else str(e)
+            raise PolicyConfigError(f"policy '{self.policy_name}' cannot be built for this task: {msg}") from e
+        except Exception as e:  # some constructors need real tensors; the real build in _setup will tell
+            log.debug("meta-device construction of %s skipped: %s", self.policy_cls.__name__, e)
+
+    def _resume_path(self) -> Path | None:
+        r = self.cfg.resume
+        if r is False or r is None or r == "":
+            if (self.out_dir / "last").exists():
+                log.warning("%s/last exists and resume is off: training starts from scratch and will overwrite it",
+                            self.out_dir)
+            return None
+        path = self.out_dir / "last" if r is True or str(r).lower() == "true" else Path(str(r))
+        try:
+            return ckpt.resolve_checkpoint(path)
+        except ckpt.CheckpointError:
+            if r is True or str(r).lower() == "true":
+                return None  # resume=true on a fresh out_dir: start from scratch
+            raise
+
+    # ------------------------------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, set_seed
+
+        cfg = self.cfg
+        if cfg.num_threads is not None:
+            torch.set_num_threads(cfg.num_threads)
+        _reset_accelerate_singletons()
+        use_cuda = torch.cuda.is_available() and not cfg.cpu
+        mixed = ("fp16" if use_cuda else "bf16") if cfg.amp else "no"
+        self.acc = Accelerator(cpu=cfg.cpu, mixed_precision=mixed, kwargs_handlers=[
+            DistributedDataParallelKwargs(find_unused_parameters=cfg.ddp_find_unused_parameters),
+            # The other processes wait at a barrier while the main one runs a sim evaluation: allow long ones.
+            InitProcessGroupKwargs(timeout=timedelta(hours=2))])
+        acc = self.acc
+        self.is_main = acc.is_main_process
+        set_seed(cfg.seed)  # same initial weights on every process
+        self.train_ds, self.val_ds = make_datasets(self.task, self.store)
+        self.normalizer = self.train_ds.get_normalizer().to(acc.device)
+        self.policy = self.policy_cls(self.spec, self.policy_config)
+        self.ema = EMA(self.policy, cfg.ema_power, cfg.ema_min_decay, cfg.ema_max_decay) if cfg.ema else None
+        self.optimizer = make_optimizer(self.policy, cfg)
+        self.scheduler = make_lr_scheduler(self.optimizer, cfg)
+        world = acc.num_processes
+        drop_last = len(self.train_ds) >= cfg.batch_size * world
+        self.train_loader = make_loader(self.train_ds, cfg.batch_size, cfg.seed, cfg.num_workers, True, drop_last)
+        self._loader_generator = self.train_loader.generator
+        self._sampler = self.train_loader.sampler
+        self.loss_module, self.optimizer, self.train_loader = acc.prepare(
+            _LossModule(self.policy), self.optimizer, self.train_loader)
+        self.val_loader = (make_loader(self.val_ds, cfg.batch_size, cfg.seed, 0, False, False)
+                           if self.val_ds is not None else None)
+        if self.ema is not None:
+            self.ema.averaged.to(acc.device)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.best_value: tuple[float, ...] | None = None
+        self.metrics: dict[str, float] = {}
+        set_seed(cfg.seed + 1 + acc.process_index)  # distinct training noise on every process
+        if self.resume_from is not None:
+            self._load_resume_state(self.resume_from)
+
+    def _load_resume_state(self, path: Path) -> None:
+        from safetensors.torch import load_model
+
+        meta = ckpt.read_meta(path)
+        previous = ckpt.read_config(path).get("policy")
+        current = ckpt._plain(self.run_config.get("policy"))
+        if previous != current:
+            raise PolicyConfigError(f"cannot resume from {path}: it was trained with policy {previous}, this run "
+                                    f"asks for {current}")
+        if meta.get("dataset", {}).get("fingerprint") != self.train_ds.fingerprint:
+            log.warning("resuming from %s, which was trained on a different dataset (fingerprint mismatch)", path)
+        state, rng = ckpt.load_train_state(path, self.policy, self.acc.process_index)
+        if self.ema is not None:
+            load_model(self.ema.averaged, str(path / ckpt.MODEL_FILE))
+            self.ema.load_state_dict(state["ema"])
+        self._raw_optimizer().load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.acc.scaler is not None and state.get("scaler") is not None:
+            self.acc.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch"])
+        if int(state.get("world_size", 1)) != self.acc.num_processes:
+            log.warning("resuming a %s-process run with %d processes: the data order within the current epoch "
+                        "shifts, so the run is not an exact continuation", state.get("world_size"),
+                        self.acc.num_processes)
+        self.best_value = tuple(state["best_value"]) if state.get("best_value") is not None else None
+        self.metrics = dict(state.get("metrics", {}))
+        if rng is not None:
+            ckpt.restore_rng_state(rng)
+        elif self.acc.num_processes > 1:
+            log.warning("no RNG state for process %d in %s: its noise stream restarts", self.acc.process_index, path)
+
+    def _raw_optimizer(self) -> torch.optim.Optimizer:
+        return getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's AcceleratedOptimizer wraps it
+
+    # ------------------------------------------------------------------------------------------ loop
+    def fit(self, stop_at: int | None = None) -> TrainResult:
+        """Train until `trainer.steps` (or `stop_at`, which also writes last/: for budgeted jobs and tests)."""
+        self._setup()
+        acc, cfg = self.acc, self.cfg
+        end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+        monitor = TrainMonitor(self.out_dir, cfg.steps, self.step, enabled=self.is_main, progress=cfg.progress)
+        if self.is_main:
+            self._write_run_files()
+            if self.resume_from is not None:
+                monitor.message(f"resumed from {self.resume_from} at step {self.step}")
+        losses: list[tuple[int, float]] = []
+        window: list[float] = []
+        n_batches = len(self.train_loader)
+        try:
+            while self.step < end:
+                self._start_epoch()
+                for batch in self.train_loader:
+                    out = self._train_step(batch)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    loss = float(out["loss"])
+                    losses.append((self.step, loss))
+                    window.append(loss)
+                    if self.batch_in_epoch >= n_batches:
+                        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    if self.step % cfg.log_every == 0 or self.step == end:
+                        self._log_train(monitor, window, out)
+                        window = []
+                    monitor.advance(1, loss=loss, lr=self.scheduler.get_last_lr()[0])
+                    self._periodic(monitor, final=self.step >= end)
+                    if self.step >= end or self.batch_in_epoch == 0:
+                        break
+        finally:
+            monitor.close()
+        acc.wait_for_everyone()
+        best = self.out_dir / "best"
+        return TrainResult(self.out_dir, self.step, self.out_dir / "last", best if best.exists() else None,
+                           dict(self.metrics), losses)
+
+    def _start_epoch(self) -> None:
+        self._sampler.set_epoch(self.epoch)
+        self._sampler_skip(self.batch_in_epoch * self.cfg.batch_size * self.acc.num_processes)
+        self.train_loader.set_epoch(self.epoch)
+        self._loader_generator.manual_seed(self.cfg.seed * 100_003 + self.epoch)  # worker seeds per epoch
+
+    def _sampler_skip(self, n: int) -> None:
+        self._sampler.skip = (self.epoch, n)
+
+    def _train_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        acc, cfg = self.acc, self.cfg
+        self.loss_module.train()
+        batch = normalize_batch(batch, self.normalizer, self.task.action_key)
+        with acc.autocast():
+            out = self.loss_module(batch)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.step + 1}; lower trainer.lr or turn "
+                                     "on trainer.grad_clip")
+        acc.backward(loss)
+        grad_norm = None
+        if cfg.grad_clip is not None and acc.sync_gradients:
+            grad_norm = acc.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.policy)
+        out = {k: v.detach() for k, v in out.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
+        if grad_norm is not None:
+            out["grad_norm"] = grad_norm.detach() if isinstance(grad_norm, torch.Tensor) else torch.tensor(grad_norm)
+        return out
+
+    def _log_train(self, monitor: TrainMonitor, window: list[float], out: dict[str, torch.Tensor]) -> None:
+        mean = torch.tensor(sum(window) / max(len(window), 1), device=self.acc.device)
+        mean = float(self.acc.reduce(mean, reduction="mean")) if self.acc.num_processes > 1 else float(mean)
+        metrics = {"train/loss": mean, "train/lr": self.scheduler.get_last_lr()[0], "train/epoch": float(self.epoch)}
+        metrics.update({f"train/{k}": float(v) for k, v in out.items() if k != "loss"})
+        if self.ema is not None:
+            metrics["train/ema_decay"] = self.ema.decay
+        self.metrics.update(metrics)
+        monitor.log(self.step, metrics)
+
+    # ------------------------------------------------------------------------------------------ periodic work
+    @property
+    def eval_policy(self) -> nn.Module:
+        return self.ema.averaged if self.ema is not None else self.policy
+
+    def _periodic(self, monitor: TrainMonitor, final: bool) -> None:
+        cfg, step = self.cfg, self.step
+        new: dict[str, float] = {}
+        if self.val_loader is not None and cfg.val_every and (step % cfg.val_every == 0 or final):
+            if self.is_main:
+                new["val/loss"] = validation_loss(self.eval_policy, self.val_loader, self.normalizer,
+                                                  self.task.action_key, self.acc.device, cfg.val_batches, cfg.seed)
+        if cfg.eval_every and (step % cfg.eval_every == 0 or final):
+            if self.is_main:
+                new.update(sim_evaluation(self.eval_policy, self.normalizer, self.task, cfg, self.acc.device,
+                                          self.out_dir / "eval" / f"step_{step:07d}"))
+            self.acc.wait_for_everyone()
+        if new:
+            self.metrics.update(new)
+            monitor.log(step, new)
+            monitor.message(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in new.items()))
+        improved = self._best_candidate(new)
+        if improved is not None:
+            self.best_value = improved
+            self._save(self.out_dir / "best", with_train_state=False)
+        if final or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+            self._save(self.out_dir / "last", with_train_state=True)
+
+    def _best_candidate(self, new: dict[str, float]) -> tuple[float, ...] | None:
+        """The new best-metric value (bigger is better) if `new` improves on the best so far (main process)."""
+        metric = self.cfg.best_metric
+        if metric == "auto":
+            metric = "success_rate" if self.cfg.eval_every else ("val_loss" if self.val_loader is not None else "")
+        key = {"success_rate": "eval/success_rate", "score_mean": "eval/score_mean", "val_loss": "val/loss"}.get(metric)
+        flag = torch.zeros(1, device=self.acc.device)
+        value: tuple[float, ...] | None = None
+        if self.is_main and key in new:
+            if metric == "success_rate":
+                value = (new[key], new.get("eval/score_mean", 0.0))
+            elif metric == "score_mean":
+                value = (new[key],)
+            else:
+                value = (-new[key],)
+            if self.best_value is None or value > self.best_value:
+                flag += 1
+        if self.acc.num_processes > 1:  # every process must enter _save together
+            flag = self.acc.reduce(flag, reduction="sum")
+        if float(flag) > 0:
+            return value if value is not None else (math.nan,)
+        return None
+
+    def _save(self, final: Path, with_train_state: bool) -> None:
+        acc = self.acc
+        if self.is_main:
+            ckpt.begin(final)
+        acc.wait_for_everyone()
+        tmp = ckpt.staging_dir(final)
+        if self.is_main:
+            ckpt.write_model_files(tmp, self.eval_policy, self.normalizer.cpu(), self.run_config, self._meta())
+            self.normalizer.to(acc.device)
+            if with_train_state:
+                ckpt.write_train_state(tmp, self.policy, {
+                    "step": self.step, "epoch": self.epoch, "batch": self.batch_in_epoch,
+                    "optimizer": self._raw_optimizer().state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "ema": self.ema.state_dict() if self.ema is not None else None,
+                    "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
+                    "best_value": list(self.best_value) if self.best_value is not None else None,
+                    "metrics": self.metrics, "world_size": acc.num_processes,
+                })
+            else:
+                shutil.rmtree(tmp / ckpt.TRAIN_STATE_DIR)
+        if with_train_state:
+            ckpt.write_rng_state(tmp, acc.process_index)
+        acc.wait_for_everyone()
+        if self.is_main:
+            ckpt.commit(final)
+        acc.wait_for_everyone()
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy_name,
+            "policy_class": f"{self.policy_cls.__module__}:{self.policy_cls.__qualname__}",
+            "spec": self.spec.to_json(),
+            "dataset": {"path": str(self.store.path), "fingerprint": self.train_ds.fingerprint,
+                        "n_episodes": int(self.store.n_episodes), "n_train_windows": len(self.train_ds),
+                        "n_val_windows": len(self.val_ds) if self.val_ds is not None else 0},
+            "git_revision": self._git_revision, "step": self.step, "epoch": self.epoch,
+            "metrics": dict(self.metrics), "ema": self.ema is not None, "world_size": self.acc.num_processes,
+            "torch": torch.__version__,
+        }
+
+    def _write_run_files(self) -> None:
+        from omegaconf import OmegaConf
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(ckpt._plain(self.run_config)), self.out_dir / "config.yaml")
+
+
+def train(task: TaskConfig, policy_name: str, policy_cfg: dict[str, Any] | None, cfg: TrainerConfig,
+          run_config: dict[str, Any] | None = None, stop_at: int | None = None) -> TrainResult:
+    """Validate the configuration, then train; see `Trainer`."""
+    return Trainer(task, policy_name, policy_cfg, cfg, run_config).fit(stop_at=stop_at)
+
+
+def _reset_accelerate_singletons() -> None:
+    """Let one process run several trainings with different settings (tests, sweeps).
+
+    accelerate keeps its state in process-wide singletons that refuse a second, different configuration;
+    outside a distributed launch nothing else depends on them, so they are cleared before each run.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
