@@ -315,3 +315,36 @@ def test_store_recorded_with_other_keys_is_refused_up_front(tmp_path, episode_fa
     store.add_episode(episode_factory(4), {"task": "x"})  # an expert-style store: no timestamps/<cam> keys
     with pytest.raises(ValueError, match="another out="):
         CollectSession(None, [], ScriptedTeleop([]), store, fps=10)
+
+
+def test_sigkill_subprocess_keeps_saved_episodes(tmp_path):
+    """A hard kill (no handler runs) mid-episode 3: the two saved episodes survive and the store repairs."""
+    out = tmp_path / "teleop.zarr"
+    cmd = [sys.executable, "-m", "robopolicy.cli.collect", "teleop=scripted", "realtime=true", "fps=20",
+           f"out={out}", "cameras=[front]", "image_size=32", "preview=none",
+           "script.steps=8", "script.endings=[success,failure,none]", "on_abort=save", "terminal_keys=off"]
+    env = {**os.environ, "MUJOCO_GL": "egl", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("recording episode 2"):
+                break
+        assert lines and lines[-1].startswith("recording episode 2"), "".join(lines)
+        time.sleep(0.6)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    store = EpisodeStore.open(out)
+    assert store.n_episodes == 2, "".join(lines)
+    assert [a["success"] for a in store.all_episode_attrs()] == [True, False]
+    assert list(store.episode_lengths) == [9, 9]
+    repaired = EpisodeStore.open(out, mode="a")
+    assert all(repaired.array(k).shape[0] == 18 for k in repaired.keys)
