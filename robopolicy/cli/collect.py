@@ -67,24 +67,9 @@ def help_text() -> str:
 
 def compose(argv: list[str]) -> Any:
     """configs/collect_teleop.yaml composed with key=value overrides (hydra compose API)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
+    from robopolicy.cli.config import compose_config
 
-    from robopolicy.cli.eval import config_dir
-
-    plain, overrides = {}, []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and key in PLAIN_KEYS:
-            plain[key] = value
-        else:
-            overrides.append(arg)
-    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        cfg = hydra_compose(config_name="collect_teleop", overrides=overrides)
-    for key, value in plain.items():
-        OmegaConf.update(cfg, key, value, force_add=True)
-    return cfg
+    return compose_config("collect_teleop", argv, PLAIN_KEYS)
 
 
 def _plain(value: Any) -> Any:

@@ -5,11 +5,11 @@ Thin layer: compose configs/eval.yaml with hydra, build the agent, call robopoli
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
+
+from robopolicy.cli.config import compose_config, to_plain
 
 HELP = """\
 usage: robopolicy eval [key=value ...]
@@ -41,36 +41,6 @@ Defaults live in configs/eval.yaml. Example:
 PLAIN_KEYS = ("task",)
 
 
-def config_dir() -> Path:
-    """The repository's configs/ directory (override with ROBOPOLICY_CONFIG_DIR)."""
-    env = os.environ.get("ROBOPOLICY_CONFIG_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "configs"
-
-
-def compose_config(config_name: str, argv: list[str]) -> Any:
-    """Compose `configs/<config_name>.yaml` with key=value overrides through hydra's compose API."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    plain, overrides = {}, []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and key in PLAIN_KEYS:
-            plain[key] = value
-        else:
-            overrides.append(arg)
-    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        cfg = compose(config_name=config_name, overrides=overrides)
-    for key, value in plain.items():
-        OmegaConf.update(cfg, key, value, force_add=True)
-    return cfg
-
-
-def to_plain(value: Any) -> Any:
-    """OmegaConf containers -> Python lists/dicts (e.g. image_size=[84,84])."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 def _build_agent(cfg: Any) -> Any:
@@ -119,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(HELP)
         return 0
     try:
-        cfg = compose_config("eval", argv)
+        cfg = compose_config("eval", argv, PLAIN_KEYS)
     except Exception as e:  # hydra's messages name the bad key; add how to see the valid ones
         print(f"error: {e}\nSee `robopolicy eval --help` for the options.", file=sys.stderr)
         return 2

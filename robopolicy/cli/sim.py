@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from robopolicy.cli.eval import compose_config, to_plain
+from robopolicy.cli.config import compose_config, to_plain
 
 HELP = """\
 usage: robopolicy sim list
@@ -53,7 +53,7 @@ def _list() -> int:
 
 def _collect(argv: list[str]) -> int:
     try:
-        cfg = compose_config("collect", argv)
+        cfg = compose_config("collect", argv, ("task",))
     except Exception as e:  # hydra's messages name the bad key
         print(f"error: {e}\nSee `robopolicy sim --help` for the options.", file=sys.stderr)
         return 2

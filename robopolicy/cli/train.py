@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
+
+from robopolicy.cli.config import config_dir
 
 HELP = """\
 usage: robopolicy train [key=value ...]
@@ -40,11 +41,6 @@ Several CPU processes (gloo; `accelerate launch --cpu` would start only one):
   accelerate launch --multi_gpu --num_processes 2 -m robopolicy.cli.train ... trainer.cpu=true
 """
 
-
-def config_dir() -> Path:
-    """The repository's configs/ directory (override with ROBOPOLICY_CONFIG_DIR)."""
-    env = os.environ.get("ROBOPOLICY_CONFIG_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "configs"
 
 
 def compose(argv: list[str]) -> Any:
