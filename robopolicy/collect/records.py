@@ -1,0 +1,145 @@
+"""What a collection session records and reports: clocks, scenes, per-episode bookkeeping and outcomes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from hardware.arm import ArmState
+
+ACTION_MODES = ("target", "delta")
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+    def sleep(self, dt: float) -> None: ...
+
+
+class MonotonicClock:
+    """Wall-clock time.monotonic (the default for real robots and the real-time simulator)."""
+
+    realtime = True
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, dt: float) -> None:
+        if dt > 0:
+            time.sleep(dt)
+
+
+class Scene(Protocol):
+    """What the session needs from a resettable scene (sim): new layouts and a success check."""
+
+    def reset(self, seed: int) -> dict[str, Any]: ...  # at least {"language": str}
+    def success(self) -> bool | None: ...
+
+
+@dataclass
+class EpisodeOutcome:
+    """What happened to one recorded episode."""
+
+    outcome: str  # saved | discarded
+    index: int | None  # index in the store when saved
+    success: bool | None
+    aborted: bool
+    n_steps: int
+    duration_s: float
+    achieved_hz: float
+    dropped_frames: dict[str, int]
+    reason: str
+    seed: int | None
+    language: str
+
+
+@dataclass
+class SessionResult:
+    """Summary of a session: the episodes, why it ended and the loop's timing."""
+
+    episodes: list[EpisodeOutcome] = field(default_factory=list)
+    ended_by: str = ""  # done | quit | interrupt | device_lost | error
+    error: str | None = None
+    target_hz: float = 0.0
+    achieved_hz: float = 0.0  # steps per second on the session clock
+    wall_hz: float = 0.0  # steps per wall-clock second (differs in as-fast-as-possible sim)
+    period_p99_ms: float = 0.0  # 99th percentile of |period - 1/fps|, ms
+    overruns: int = 0  # steps that started more than one period late
+    step_ms_p50: float = 0.0  # wall time spent inside one step (poll, read, command, record, preview), ms
+    step_ms_p99: float = 0.0
+    n_steps: int = 0
+
+    @property
+    def saved(self) -> list[EpisodeOutcome]:
+        return [e for e in self.episodes if e.outcome == "saved"]
+
+    @property
+    def n_saved(self) -> int:
+        return len(self.saved)
+
+    def summary(self) -> str:
+        n_disc = sum(e.outcome == "discarded" for e in self.episodes)
+        n_abort = sum(e.aborted for e in self.episodes)
+        drops: dict[str, int] = {}
+        for e in self.episodes:
+            for k, v in e.dropped_frames.items():
+                drops[k] = drops.get(k, 0) + v
+        drop_txt = ", ".join(f"{k} {v}" for k, v in drops.items()) or "none"
+        return (f"session ended ({self.ended_by}{': ' + self.error if self.error else ''}): "
+                f"{self.n_saved} saved, {n_disc} discarded, {n_abort} aborted; loop {self.achieved_hz:.2f} Hz "
+                f"(target {self.target_hz:g}, wall {self.wall_hz:.1f} Hz, p99 jitter {self.period_p99_ms:.1f} ms, "
+                f"{self.overruns} overruns; step cost p50 {self.step_ms_p50:.1f} / p99 {self.step_ms_p99:.1f} ms); "
+                f"dropped frames in recorded steps: {drop_txt}")
+
+
+def state_vector(s: ArmState) -> np.ndarray:
+    """joints, gripper width, EE position, EE quaternion (float32)."""
+    return np.concatenate([np.asarray(s.joint_positions, np.float64).reshape(-1), [s.gripper_width],
+                           np.asarray(s.ee_pos, np.float64), np.asarray(s.ee_quat, np.float64)]).astype(np.float32)
+
+
+def _rate(times: Sequence[float]) -> float:
+    if len(times) < 2 or times[-1] <= times[0]:
+        return 0.0
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+def _check_store_keys(store, cameras: Sequence[str], action_mode: str) -> None:
+    """Fail before the first episode (not at its first step) when the store was recorded with other cameras
+    or another action mode."""
+    schema = getattr(store, "schema", None)
+    if schema is None:
+        return
+    have = {k for k in schema.fields if not k.startswith("depth/")}
+    want = {"timestamp", "state", "action", "timestamps/state"}
+    want |= {f"images/{c}" for c in cameras} | {f"timestamps/{c}" for c in cameras}
+    if have != want:
+        raise ValueError(f"the store at {store.path} holds keys {sorted(have)} but this session records "
+                         f"{sorted(want)} (other cameras, or not a teleop store); record into another out=")
+    dim = 8 if action_mode == "target" else 7
+    if tuple(schema.fields["action"].shape) != (dim,):
+        raise ValueError(f"the store at {store.path} holds {schema.fields['action'].shape[0]}-D actions; "
+                         f"action_mode={action_mode} records {dim}-D ones: use the store's action_mode or "
+                         "another out=")
+
+
+class _Episode:
+    def __init__(self, rec, t0: float, cameras: Sequence[str], seed: int | None, language: str) -> None:
+        self.rec = rec
+        self.t0 = t0
+        self.times: list[float] = []
+        self.dropped = {c: 0 for c in cameras}
+        self.seed = seed
+        self.language = language
+
+    @property
+    def n_steps(self) -> int:
+        return self.rec.n_steps
+
+    def stats(self) -> dict[str, Any]:
+        dur = (self.times[-1] - self.times[0]) if len(self.times) > 1 else 0.0
+        return {"dropped_frames": dict(self.dropped), "n_dropped_frames": int(sum(self.dropped.values())),
+                "duration_s": round(float(dur), 4), "achieved_hz": round(float(_rate(self.times)), 3)}
