@@ -195,25 +195,34 @@ def test_camera_stall_aborts_the_episode(tmp_path):
     assert a["dropped_frames"]["front"] >= 5  # frozen steps before the timeout are counted as dropped
 
 
-def test_sigint_subprocess_keeps_saved_episodes(tmp_path):
-    out = tmp_path / "teleop.zarr"
+def _collect_until_third_episode(out: Path, preview: list[str]) -> tuple[subprocess.Popen, list[str]]:
+    """Start `robopolicy collect` with a scripted teleop (episodes: success, failure, unfinished) and return
+    once it is a dozen steps into the third episode."""
     cmd = [sys.executable, "-m", "robopolicy.cli.collect", "teleop=scripted", "realtime=true", "fps=20",
-           f"out={out}", "cameras=[front]", "image_size=32", "preview=file", "preview_every=0.2",
+           f"out={out}", "cameras=[front]", "image_size=32", *preview,
            "script.steps=8", "script.endings=[success,failure,none]", "on_abort=save", "terminal_keys=off"]
     env = {**os.environ, "MUJOCO_GL": "egl", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("recording episode 2"):
+            break
+    if not (lines and lines[-1].startswith("recording episode 2")):
+        proc.kill()
+        raise AssertionError("".join(lines))
+    time.sleep(0.6)  # a dozen steps into episode 3
+    return proc, lines
+
+
+def test_sigint_subprocess_keeps_saved_episodes(tmp_path):
+    out = tmp_path / "teleop.zarr"
+    proc, lines = _collect_until_third_episode(out, ["preview=file", "preview_every=0.2"])
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("recording episode 2"):
-                break
-        assert lines and lines[-1].startswith("recording episode 2"), "".join(lines)
-        time.sleep(0.6)  # a dozen steps into episode 3
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)
     finally:
@@ -320,23 +329,8 @@ def test_store_recorded_with_other_keys_is_refused_up_front(tmp_path, episode_fa
 def test_sigkill_subprocess_keeps_saved_episodes(tmp_path):
     """A hard kill (no handler runs) mid-episode 3: the two saved episodes survive and the store repairs."""
     out = tmp_path / "teleop.zarr"
-    cmd = [sys.executable, "-m", "robopolicy.cli.collect", "teleop=scripted", "realtime=true", "fps=20",
-           f"out={out}", "cameras=[front]", "image_size=32", "preview=none",
-           "script.steps=8", "script.endings=[success,failure,none]", "on_abort=save", "terminal_keys=off"]
-    env = {**os.environ, "MUJOCO_GL": "egl", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    lines: list[str] = []
+    proc, lines = _collect_until_third_episode(out, ["preview=none"])
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("recording episode 2"):
-                break
-        assert lines and lines[-1].startswith("recording episode 2"), "".join(lines)
-        time.sleep(0.6)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
