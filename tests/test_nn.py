@@ -168,3 +168,44 @@ def test_obs_conditioner_multi_camera_fusion():
 def test_executed_slice():
     spec = PolicySpec(obs_shapes={"state": (1,)}, action_dim=1, n_obs_steps=2, horizon=16, n_action_steps=8)
     assert executed_slice(spec) == slice(1, 9)
+
+
+@pytest.mark.parametrize("c_in,c_out,k,stride,pad,t", [(3, 8, 5, 1, 2, 16), (16, 16, 3, 2, 1, 8), (8, 4, 1, 1, 0, 4),
+                                                        (6, 6, 4, 1, 0, 9)])
+def test_matmul_conv1d_matches_conv1d_forward_and_backward(c_in, c_out, k, stride, pad, t):
+    from robopolicy.nn.conv1d import MatmulConv1d
+
+    torch.manual_seed(0)
+    ref = torch.nn.Conv1d(c_in, c_out, k, stride=stride, padding=pad)
+    fast = MatmulConv1d(c_in, c_out, k, stride=stride, padding=pad)
+    fast.load_state_dict(ref.state_dict())  # same parameters, same keys
+    x1 = torch.randn(3, c_in, t, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    y1, y2 = ref(x1), fast(x2)
+    assert y1.shape == y2.shape
+    torch.testing.assert_close(y2, y1, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(y1)
+    y1.backward(g)
+    y2.backward(g)
+    torch.testing.assert_close(x2.grad, x1.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.weight.grad, ref.weight.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast.bias.grad, ref.bias.grad, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("c_in,c_out,k,stride,pad,t", [(8, 8, 4, 2, 1, 4), (5, 3, 3, 1, 1, 7), (4, 6, 4, 2, 0, 3)])
+def test_matmul_conv_transpose1d_matches_conv_transpose1d(c_in, c_out, k, stride, pad, t):
+    from robopolicy.nn.conv1d import MatmulConvTranspose1d
+
+    torch.manual_seed(0)
+    ref = torch.nn.ConvTranspose1d(c_in, c_out, k, stride=stride, padding=pad)
+    fast = MatmulConvTranspose1d(c_in, c_out, k, stride=stride, padding=pad)
+    fast.load_state_dict(ref.state_dict())
+    x1 = torch.randn(2, c_in, t, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    y1, y2 = ref(x1), fast(x2)
+    torch.testing.assert_close(y2, y1, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(y1)
+    y1.backward(g)
+    y2.backward(g)
+    torch.testing.assert_close(x2.grad, x1.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.weight.grad, ref.weight.grad, atol=1e-4, rtol=1e-4)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from robopolicy.nn.conv1d import MatmulConv1d, MatmulConvTranspose1d
 from robopolicy.nn.embeddings import SinusoidalEmbedding
 
 
@@ -69,7 +70,7 @@ class Conv1dBlock(nn.Module):
         if c_out % n_groups:
             raise ValueError(f"channels {c_out} are not divisible by n_groups {n_groups}")
         self.block = nn.Sequential(
-            nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2),
+            MatmulConv1d(c_in, c_out, kernel_size, padding=kernel_size // 2),
             nn.GroupNorm(n_groups, c_out),
             nn.Mish(),
         )
@@ -88,7 +89,7 @@ class CondResBlock1d(nn.Module):
         self.predict_scale = predict_scale
         self.c_out = c_out
         self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * c_out if predict_scale else c_out))
-        self.residual = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.residual = MatmulConv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         h = self.conv1(x)
@@ -128,7 +129,7 @@ class ConditionalUnet1D(nn.Module):
             self.down.append(nn.ModuleList([
                 CondResBlock1d(c_in, c_out, cond_dim, k, g, ps),
                 CondResBlock1d(c_out, c_out, cond_dim, k, g, ps),
-                nn.Conv1d(c_out, c_out, 3, stride=2, padding=1) if not last else nn.Identity(),
+                MatmulConv1d(c_out, c_out, 3, stride=2, padding=1) if not last else nn.Identity(),
             ]))
         mid = cfg.down_dims[-1]
         self.mid = nn.ModuleList([CondResBlock1d(mid, mid, cond_dim, k, g, ps) for _ in range(2)])
@@ -138,10 +139,10 @@ class ConditionalUnet1D(nn.Module):
             self.up.append(nn.ModuleList([
                 CondResBlock1d(c_out * 2, c_in, cond_dim, k, g, ps),
                 CondResBlock1d(c_in, c_in, cond_dim, k, g, ps),
-                nn.ConvTranspose1d(c_in, c_in, 4, stride=2, padding=1),
+                MatmulConvTranspose1d(c_in, c_in, 4, stride=2, padding=1),
             ]))
         start = cfg.down_dims[0]
-        self.final = nn.Sequential(Conv1dBlock(start, start, k, g), nn.Conv1d(start, action_dim, 1))
+        self.final = nn.Sequential(Conv1dBlock(start, start, k, g), MatmulConv1d(start, action_dim, 1))
         self.action_dim, self.global_cond_dim = action_dim, global_cond_dim
 
     def forward(self, x: torch.Tensor, step: torch.Tensor, global_cond: torch.Tensor | None = None) -> torch.Tensor:
