@@ -35,7 +35,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $PY"
   "$PY" -m venv .venv
 fi
-echo "[setup] installing robopolicy[sim,hardware,dev] into .venv (a few minutes the first time)"
+echo "[setup] installing robopolicy[sim,hardware,deploy,dev] into .venv (a few minutes the first time)"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[sim,hardware,dev]'
 rm -f .venv/.robopolicy-install-*

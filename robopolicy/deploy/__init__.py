@@ -1,0 +1,1 @@
+"""The deployment daemon: an HTTP control API over the runtime, episode recording, and its client."""

@@ -1,0 +1,1 @@
+"""The real-time runtime: fixed-rate loop, observation assembly, inference worker, executor, safety (DESIGN.md)."""

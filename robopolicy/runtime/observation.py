@@ -1,0 +1,156 @@
+"""Observation assembly: the latest robot state and camera frames, each with its age; history for T_o.
+
+Every part of an observation carries the monotonic time it was measured (the arm's `ArmState.timestamp`,
+each camera's `Frame.timestamp`). The assembler records `age = now - stamp` for each part, and an
+observation with a part older than `max_age_s` raises `StaleObservationError` naming the part: a stale
+observation is an error, never an input to the policy.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hardware.arm import Arm, ArmState
+from hardware.camera import Camera
+
+PROPRIO_DIM_EXTRA = 8  # gripper width (1) + EE position (3) + EE quaternion (4), after the joints
+
+
+class StaleObservationError(RuntimeError):
+    """A part of the observation is older than the configured bound."""
+
+    def __init__(self, part: str, age: float, bound: float) -> None:
+        super().__init__(f"stale observation: '{part}' is {age * 1e3:.0f} ms old, over the {bound * 1e3:.0f} ms "
+                         f"bound (runtime.max_obs_age_s); holding position until fresh data arrives")
+        self.part, self.age, self.bound = part, age, bound
+
+
+@dataclass
+class Observation:
+    """One assembled observation."""
+
+    time: float  # monotonic time of assembly: the time the policy's chunk is stamped with
+    values: dict[str, np.ndarray]  # "state", "images/<cam>", ... (per-step arrays, env dtypes)
+    stamps: dict[str, float]  # measurement time of each part
+    arm_state: ArmState
+    language: str = ""
+
+    @property
+    def ages(self) -> dict[str, float]:
+        """Seconds between each part's measurement and the assembly."""
+        return {k: self.time - t for k, t in self.stamps.items()}
+
+    @property
+    def max_age(self) -> float:
+        return max(self.ages.values()) if self.stamps else 0.0
+
+
+def proprio_state(s: ArmState) -> np.ndarray:
+    """joints, gripper width, EE position, EE quaternion (wxyz): the teleop recordings' and the sim's proprio."""
+    return np.concatenate([np.asarray(s.joint_positions, np.float64).reshape(-1), [s.gripper_width],
+                           np.asarray(s.ee_pos, np.float64), np.asarray(s.ee_quat, np.float64)]).astype(np.float32)
+
+
+def sim_full_state(robot: Any) -> Callable[[ArmState], np.ndarray]:
+    """The embedded env's 38-D privileged state (proprio + block poses + target) read from a SimRobot.
+
+    Only for the simulated arm: it lets policies trained on `obs_mode=state` embedded tasks be deployed.
+    """
+    from sim.embedded.task_defs import COLORS
+
+    def state(s: ArmState) -> np.ndarray:
+        parts = [proprio_state(s).astype(np.float64)]
+        with robot.lock:
+            for name in COLORS:
+                pos, quat = robot.scene.block_pose(name)
+                parts += [np.asarray(pos).reshape(-1), np.asarray(quat).reshape(-1)]
+            parts.append(np.asarray(robot.scene.target_pos()).reshape(-1))
+        return np.concatenate(parts).astype(np.float32)
+
+    return state
+
+
+@dataclass
+class ObservationAssembler:
+    """Reads the arm and cameras and builds an `Observation`, rejecting stale parts.
+
+    Args:
+        arm: the connected arm.
+        cameras: running cameras; each gives `images/<name>` (and `depth/<name>` when it has depth).
+        state_fn: ArmState -> the `state` vector (default: `proprio_state`).
+        max_age_s: bound on every part's age.
+        image_size: (H, W) the policy expects; frames of another size are resized (nearest neighbour on the
+            pixel grid, cheap and deterministic). None keeps the camera's size.
+    """
+
+    arm: Arm
+    cameras: Sequence[Camera] = ()
+    state_fn: Callable[[ArmState], np.ndarray] = proprio_state
+    max_age_s: float = 0.2
+    image_size: tuple[int, int] | None = None
+    _last_index: dict[str, int] = field(default_factory=dict)
+
+    def assemble(self, now: float, arm_state: ArmState | None = None, language: str = "") -> Observation:
+        """The observation at `now` (monotonic); raises StaleObservationError if any part is too old."""
+        state = arm_state if arm_state is not None else self.arm.read_state()
+        values: dict[str, np.ndarray] = {"state": self.state_fn(state)}
+        stamps: dict[str, float] = {"state": float(state.timestamp)}
+        for cam in self.cameras:
+            frame = cam.latest()
+            key = f"images/{cam.name}"
+            values[key] = self._resize(frame.color)
+            stamps[key] = float(frame.timestamp)
+            if frame.depth is not None:
+                values[f"depth/{cam.name}"] = self._resize(frame.depth)
+            self._last_index[cam.name] = frame.index
+        obs = Observation(time=now, values=values, stamps=stamps, arm_state=state, language=language)
+        for part, age in obs.ages.items():
+            if age > self.max_age_s:
+                raise StaleObservationError(part, age, self.max_age_s)
+        return obs
+
+    def _resize(self, img: np.ndarray) -> np.ndarray:
+        if self.image_size is None or tuple(img.shape[:2]) == tuple(self.image_size):
+            return img
+        h, w = self.image_size
+        rows = (np.arange(h) * img.shape[0] / h).astype(np.int64)
+        cols = (np.arange(w) * img.shape[1] / w).astype(np.int64)
+        return img[rows][:, cols]
+
+
+class ObservationHistory:
+    """The last T_o observations, stacked as the Agent protocol wants: {key: (1, T_o, ...)}.
+
+    At the start of an episode the history is padded by repeating the first observation (DESIGN.md).
+    """
+
+    def __init__(self, n_obs_steps: int) -> None:
+        if n_obs_steps < 1:
+            raise ValueError(f"n_obs_steps must be >= 1, got {n_obs_steps}")
+        self.n_obs_steps = int(n_obs_steps)
+        self._obs: deque[Observation] = deque(maxlen=self.n_obs_steps)
+
+    def clear(self) -> None:
+        self._obs.clear()
+
+    def push(self, obs: Observation) -> None:
+        self._obs.append(obs)
+
+    def __len__(self) -> int:
+        return len(self._obs)
+
+    def stacked(self, keys: Sequence[str] | None = None) -> dict[str, Any]:
+        """{key: (1, T_o, ...)} of the newest observations, plus "language" when set."""
+        if not self._obs:
+            raise RuntimeError("no observation yet: push one before asking for the history")
+        frames = list(self._obs)
+        frames = [frames[0]] * (self.n_obs_steps - len(frames)) + frames
+        keys = list(keys) if keys is not None else list(frames[-1].values)
+        out: dict[str, Any] = {k: np.stack([f.values[k] for f in frames])[None] for k in keys}
+        out["language"] = [frames[-1].language]
+        return out
