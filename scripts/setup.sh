@@ -37,7 +37,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "[setup] installing robopolicy[sim,hardware,deploy,dev] into .venv (a few minutes the first time)"
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[sim,hardware,dev]'
+.venv/bin/python -m pip install -q -e '.[sim,hardware,deploy,dev]'
 rm -f .venv/.robopolicy-install-*
 touch "$stamp"
 echo "[setup] done"
