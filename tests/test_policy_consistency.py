@@ -133,3 +133,27 @@ def test_registry_builds_a_student_without_teacher():
     assert isinstance(p, ConsistencyPolicy) and p.nfe == 1
     with pytest.raises(RuntimeError, match="no teacher"):
         p.compute_loss({"obs": {"state": torch.randn(2, 2, 3)}, "action": torch.zeros(2, 8, 2)})
+
+
+def test_teacher_loaded_from_checkpoint_config(tmp_path):
+    """policy.config.teacher_checkpoint: the teacher is loaded on first use, and a teacher of another task
+    is refused with a message naming both observation specs."""
+    import numpy as np
+
+    from robopolicy.data.normalizer import fit_normalizers
+    from robopolicy.train.checkpoint import write_model_files
+
+    torch.manual_seed(0)
+    teacher = _small_policy()
+    norm = fit_normalizers({"state": np.zeros((4, 3), np.float32), "action": np.ones((4, 2), np.float32)},
+                           {"state": "minmax", "action": "minmax"})
+    config = {"policy": {"name": "diffusion", "config": {"unet": {"down_dims": [32, 64], "diffusion_step_embed_dim": 32}}}}
+    write_model_files(tmp_path, teacher, norm, config, {"spec": teacher.spec.to_json()})
+    student = _student(teacher_checkpoint=str(tmp_path))
+    obs = {"state": torch.randn(3, 2, 3)}
+    noise = torch.randn(3, 8, 2)
+    teacher.set_inference(scheduler="ddim", num_inference_steps=10)
+    torch.testing.assert_close(student.teacher_actions(obs, noise), teacher.predict_chunk(obs, noise))
+    other = _student(state_dim=5, teacher_checkpoint=str(tmp_path))
+    with pytest.raises(ValueError, match="same task"):
+        other.compute_loss({"obs": {"state": torch.randn(3, 2, 5)}, "action": torch.zeros(3, 8, 2)})

@@ -20,6 +20,10 @@ eval.json, rollouts.mp4 (a few successes and failures) and summary.png into `out
   task=NAME           sim task (list them with `robopolicy sim list`), default pusht
   agent=expert        the task's scripted expert (default)
   checkpoint=PATH     evaluate a trained checkpoint (robopolicy.load) instead of the expert
+  +inference.KEY=V    the head's inference settings, without retraining, e.g. for a diffusion checkpoint
+                      +inference.scheduler=ddim +inference.num_inference_steps=10, for a flow checkpoint
+                      +inference.num_inference_steps=1
+  quantize=int8       int8 UNet weights for CPU inference (default: fp32)
   episodes=50         number of episodes; episode i uses seed + i
   seed=100000         first episode seed
   workers=2           env worker processes (1 = in-process)
@@ -47,14 +51,9 @@ def _build_agent(cfg: Any) -> Any:
     if cfg.checkpoint:
         import robopolicy
 
-        load = getattr(robopolicy, "load", None)
-        if load is None:
-            raise SystemExit(
-                "error: checkpoint loading is not available yet: robopolicy.load arrives with the training "
-                "issue [C]. Until then evaluate the scripted expert with agent=expert."
-            )
+        inference = to_plain(cfg.inference) or {}
         try:
-            return load(cfg.checkpoint)
+            return robopolicy.load(cfg.checkpoint, quantize=cfg.quantize, **inference)
         except Exception as e:  # missing files, bad config, CheckpointError: name the checkpoint
             raise SystemExit(f"error: cannot load checkpoint {cfg.checkpoint}: {e}") from e
     if cfg.agent == "expert":

@@ -68,6 +68,7 @@ class _Row:
     queue: deque = field(default_factory=deque)
     frames: list[np.ndarray] | None = None
     idle_action: np.ndarray | None = None
+    stream: int = -1  # unique per started episode: names a streaming agent's buffer
 
     @property
     def active(self) -> bool:
@@ -110,6 +111,7 @@ class _Runner:
         self.envs: gym.vector.VectorEnv | None = None
         self._rendered: tuple | None = None  # this step's render() of all workers, when needed
         self.rows: list[_Row] = []
+        self._next_stream = 0
 
     # ---------------------------------------------------------------- env lifecycle
     def _open(self) -> None:
@@ -164,6 +166,7 @@ class _Runner:
             row.language = str(_info_at(info, "language", i) or "")
             row.history = deque([first] * self.t_o, maxlen=self.t_o)  # first-frame padding
             row.queue.clear()
+            row.stream, self._next_stream = self._next_stream, self._next_stream + 1
             row.frames = [] if self.selector.wants_frames(row.episode) else None
             if row.frames is not None:
                 self._capture(row, first, i)
@@ -206,7 +209,10 @@ class _Runner:
         }
         batch["language"] = [self.rows[i].language for i in need]
         t0 = time.perf_counter()
-        chunk = np.asarray(self.agent.act(batch))
+        if getattr(self.agent, "streaming", False):  # keeps a buffer per episode (Streaming Diffusion Policy)
+            chunk = np.asarray(self.agent.act(batch, streams=[self.rows[i].stream for i in need]))
+        else:
+            chunk = np.asarray(self.agent.act(batch))
         self.latencies_ms.append((time.perf_counter() - t0) * 1000.0)
         self.batch_sizes.append(len(need))
         expected = (len(need), self.t_a, *self.action_space.shape)

@@ -47,6 +47,10 @@ class ConsistencyPolicy(GenerativePolicy):
         teacher_steps: int = 10  # DDIM steps of the teacher's target
         student_step: int = 99  # the (fixed) step the student's UNet is evaluated at: the noise end, T - 1
         clip_output: bool = True  # the teacher's DDIM output lies in [-1, 1] (clip_sample); so does the student's
+        # A trained DiffusionPolicy checkpoint (a directory with model.safetensors ...) to distil; loaded on the
+        # first training step, so `robopolicy train policy=consistency_cpu policy.config.teacher_checkpoint=...`
+        # works and loading the trained student for inference never needs it.
+        teacher_checkpoint: str | None = None
 
     def __init__(self, spec: PolicySpec, cfg: ConsistencyPolicy.Config | None = None,
                  teacher: DiffusionPolicy | None = None):
@@ -85,10 +89,24 @@ class ConsistencyPolicy(GenerativePolicy):
 
     @property
     def teacher(self) -> DiffusionPolicy:
+        if not self._teacher and self.cfg.teacher_checkpoint:
+            self._load_teacher(self.cfg.teacher_checkpoint)
         if not self._teacher:
-            raise RuntimeError("ConsistencyPolicy has no teacher: pass teacher=... to the constructor or call "
+            raise RuntimeError("ConsistencyPolicy has no teacher: set policy.config.teacher_checkpoint=PATH (a trained "
+                               "diffusion checkpoint), pass teacher=... to the constructor or call "
                                "set_teacher(diffusion_policy) before compute_loss / teacher_actions")
         return self._teacher[0]
+
+    def _load_teacher(self, path: str) -> None:
+        from robopolicy.train.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(path, device=next(self.parameters()).device)
+        t_spec, spec = loaded.policy.spec, self.spec
+        if dict(t_spec.obs_shapes) != dict(spec.obs_shapes) or t_spec.n_obs_steps != spec.n_obs_steps:
+            raise ValueError(f"teacher {path} observes {dict(t_spec.obs_shapes)} x {t_spec.n_obs_steps} steps but "
+                             f"the student {dict(spec.obs_shapes)} x {spec.n_obs_steps}: train both on the same task")
+        teacher = loaded.policy.requires_grad_(False)
+        self.set_teacher(teacher)
 
     @torch.no_grad()
     def teacher_actions(self, obs: dict[str, Any], noise: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,12 @@ POLICIES: dict[str, str] = {
     "flow": "robopolicy.policies.flow:FlowPolicy",
     "meanflow": "robopolicy.policies.meanflow:MeanFlowPolicy",
     "consistency": "robopolicy.policies.consistency:ConsistencyPolicy",
+    "discrete_diffusion": "robopolicy.policies.discrete_diffusion:DiscreteDiffusionPolicy",
+    "diffusion_language": "robopolicy.policies.language_diffusion:LanguageDiffusionPolicy",
+    "streaming": "robopolicy.policies.streaming:StreamingDiffusionPolicy",
+    "carp": "robopolicy.policies.carp:CARPPolicy",
+    "steered": "robopolicy.policies.steered:SteeredPolicy",  # DSRL: frozen base head + noise actor
+    "composed": "robopolicy.policies.compose:ComposedPolicy",  # GPC: convex composition of trained heads
 }
 
 

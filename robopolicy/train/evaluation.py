@@ -68,10 +68,11 @@ def sim_evaluation(policy: Policy, normalizer: NormalizerSet, task: TaskConfig, 
                    device: torch.device, out_dir: Path | None) -> dict[str, float]:
     """Success of `policy` (the EMA weights) on `cfg.eval_episodes` seeds of the task's sim env."""
     from robopolicy.eval import evaluate
-    from robopolicy.policy_agent import PolicyAgent
+    from robopolicy.streaming_agent import make_agent
 
-    agent = PolicyAgent(policy, normalizer, device=device, action_key=task.action_key,
-                        env_kwargs=dict(task.env_kwargs), seed=cfg.eval_seed)
+    # make_agent: a streaming head is evaluated with its streaming sampler, as it will be deployed
+    agent = make_agent(policy, normalizer, device=device, action_key=task.action_key,
+                       env_kwargs=dict(task.env_kwargs), seed=cfg.eval_seed)
     was_training = policy.training
     with isolated_rng(cfg.eval_seed):
         result = evaluate(agent, task.env, n_episodes=cfg.eval_episodes, seed=cfg.eval_seed,

@@ -8,6 +8,12 @@ process writes logs and checkpoints.
 Exact resume: `last/train_state/` holds the raw weights, optimizer, scheduler, EMA counters, the data
 position (epoch, batch) and every process's RNG states, saved at step boundaries. Validation and sim
 evaluation run with isolated RNGs, so they do not shift the training noise.
+
+Multi-stage heads (`training_stages`, robopolicy/policies/stages.py, e.g. CARP): the stages run in order,
+each with its own optimizer and LR schedule over its own parameters; entering a stage copies the EMA
+weights of the parameters it does not train into the raw model (they are final from then on) and restarts
+the EMA warm-up. Checkpoints record the stage and resume continues inside it. Sim evaluation and best/
+only run in the last stage (earlier stages do not yield a policy).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from robopolicy.policies.registry import (
     get_policy_class,
     validate_policy_config,
 )
+from robopolicy.policies.stages import check_stages, stage_index_at, stage_parameters
 from robopolicy.train import checkpoint as ckpt
 from robopolicy.train.config import TaskConfig, TrainerConfig
 from robopolicy.train.data import make_datasets, make_loader, open_store, spec_from_store
@@ -128,7 +135,9 @@ class Trainer:
         use_cuda = torch.cuda.is_available() and not cfg.cpu
         mixed = ("fp16" if use_cuda else "bf16") if cfg.amp else "no"
         self.acc = Accelerator(cpu=cfg.cpu, mixed_precision=mixed, kwargs_handlers=[
-            DistributedDataParallelKwargs(find_unused_parameters=cfg.ddp_find_unused_parameters),
+            # A staged head leaves some parameters out of each stage's graph: DDP must allow that.
+            DistributedDataParallelKwargs(find_unused_parameters=cfg.ddp_find_unused_parameters
+                                          or hasattr(self.policy_cls, "training_stages")),
             # The other processes wait at a barrier while the main one runs a sim evaluation: allow long ones.
             InitProcessGroupKwargs(timeout=timedelta(hours=2))])
         acc = self.acc
@@ -137,9 +146,19 @@ class Trainer:
         self.train_ds, self.val_ds = make_datasets(self.task, self.store)
         self.normalizer = self.train_ds.get_normalizer().to(acc.device)
         self.policy = self.policy_cls(self.spec, self.policy_config)
+        fit_actions = getattr(self.policy, "fit_action_statistics", None)
+        if fit_actions is not None:  # heads with data-fitted action tokens (discrete diffusion's quantile bins)
+            actions = torch.from_numpy(self.train_ds.lowdim_frames(self.task.action_key)).to(acc.device)
+            fit_actions(self.normalizer[self.task.action_key](actions))
         self.ema = EMA(self.policy, cfg.ema_power, cfg.ema_min_decay, cfg.ema_max_decay) if cfg.ema else None
-        self.optimizer = make_optimizer(self.policy, cfg)
-        self.scheduler = make_lr_scheduler(self.optimizer, cfg)
+        self.stages = (check_stages(self.policy, self.policy.training_stages(cfg.steps), cfg.steps)
+                       if hasattr(self.policy, "training_stages") else None)
+        self.stage_index = 0
+        if self.stages is not None:
+            self.optimizer, self.scheduler = self._stage_optimizer(0)
+        else:
+            self.optimizer = make_optimizer(self.policy, cfg)
+            self.scheduler = make_lr_scheduler(self.optimizer, cfg)
         world = acc.num_processes
         drop_last = len(self.train_ds) >= cfg.batch_size * world
         self.train_loader = make_loader(self.train_ds, cfg.batch_size, cfg.seed, cfg.num_workers, True, drop_last)
@@ -173,8 +192,18 @@ class Trainer:
         if self.ema is not None:
             load_model(self.ema.averaged, str(path / ckpt.MODEL_FILE))
             self.ema.load_state_dict(state["ema"])
-        self._raw_optimizer().load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        same_stage = True
+        if self.stages is not None:
+            plan = [[st.name, st.steps] for st in self.stages]
+            if state.get("stages") is not None and state["stages"] != plan:
+                raise PolicyConfigError(f"cannot resume from {path}: its stage plan {state['stages']} differs from "
+                                        f"this run's {plan} (trainer.steps changed?)")
+            index = stage_index_at(self.stages, int(state["step"]))
+            same_stage = state.get("stage") in (None, self.stages[index].name)  # else: saved at a stage's end
+            self._enter_stage(index, fresh=not same_stage)
+        if same_stage:
+            self._raw_optimizer().load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
         if self.acc.scaler is not None and state.get("scaler") is not None:
             self.acc.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch"])
@@ -188,6 +217,48 @@ class Trainer:
             ckpt.restore_rng_state(rng)
         elif self.acc.num_processes > 1:
             log.warning("no RNG state for process %d in %s: its noise stream restarts", self.acc.process_index, path)
+
+    # ------------------------------------------------------------------------------------------ stages
+    def _stage_optimizer(self, index: int) -> tuple[torch.optim.Optimizer, Any]:
+        """AdamW + LR schedule over stage `index`'s parameters and steps (warm-up capped at a fifth of them)."""
+        stage = self.stages[index]
+        for module in (self.policy, self.ema.averaged if self.ema is not None else None):
+            if module is not None:
+                module.set_training_stage(stage.name)
+        cfg = dataclasses.replace(self.cfg, steps=stage.steps, lr=stage.lr or self.cfg.lr,
+                                  warmup_steps=min(self.cfg.warmup_steps, stage.steps // 5))
+        params = stage_parameters(self.policy, stage)
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                                      weight_decay=cfg.weight_decay)
+        return optimizer, make_lr_scheduler(optimizer, cfg)
+
+    def _enter_stage(self, index: int, fresh: bool) -> None:
+        """Switch to stage `index`; `fresh` (a stage starting now, not a resume inside it) also fixes the
+        parameters it does not train at their EMA values and restarts the EMA warm-up."""
+        if fresh and self.ema is not None:
+            trainable = {id(p) for p in stage_parameters(self.policy, self.stages[index])}
+            averaged = dict(self.ema.averaged.named_parameters())
+            with torch.no_grad():
+                for name, p in self.policy.named_parameters():
+                    if id(p) not in trainable:
+                        p.copy_(averaged[name])
+            self.ema.step = 0
+        if fresh:
+            self.best_value = None
+        optimizer, self.scheduler = self._stage_optimizer(index)
+        self.optimizer = self.acc.prepare(optimizer)
+        self.stage_index = index
+
+    def _advance_stage(self, monitor: TrainMonitor) -> None:
+        index = stage_index_at(self.stages, self.step)
+        if index != self.stage_index:
+            self._enter_stage(index, fresh=True)
+            monitor.message(f"step {self.step}: training stage '{self.stages[index].name}' "
+                            f"({self.stages[index].steps} steps)")
+
+    @property
+    def _in_final_stage(self) -> bool:
+        return self.stages is None or self.stage_index == len(self.stages) - 1
 
     def _raw_optimizer(self) -> torch.optim.Optimizer:
         return getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's AcceleratedOptimizer wraps it
@@ -210,6 +281,8 @@ class Trainer:
             while self.step < end:
                 self._start_epoch()
                 for batch in self.train_loader:
+                    if self.stages is not None:
+                        self._advance_stage(monitor)
                     out = self._train_step(batch)
                     self.step += 1
                     self.batch_in_epoch += 1
@@ -287,7 +360,7 @@ class Trainer:
             if self.is_main:
                 new["val/loss"] = validation_loss(self.eval_policy, self.val_loader, self.normalizer,
                                                   self.task.action_key, self.acc.device, cfg.val_batches, cfg.seed)
-        if cfg.eval_every and (step % cfg.eval_every == 0 or final):
+        if cfg.eval_every and (step % cfg.eval_every == 0 or final) and self._in_final_stage:
             if self.is_main:
                 new.update(sim_evaluation(self.eval_policy, self.normalizer, self.task, cfg, self.acc.device,
                                           self.out_dir / "eval" / f"step_{step:07d}"))
@@ -296,7 +369,7 @@ class Trainer:
             self.metrics.update(new)
             monitor.log(step, new)
             monitor.message(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in new.items()))
-        improved = self._best_candidate(new)
+        improved = self._best_candidate(new) if self._in_final_stage else None
         if improved is not None:
             self.best_value = improved
             self._save(self.out_dir / "best", with_train_state=False)
@@ -342,7 +415,7 @@ class Trainer:
                     "ema": self.ema.state_dict() if self.ema is not None else None,
                     "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
                     "best_value": list(self.best_value) if self.best_value is not None else None,
-                    "metrics": self.metrics, "world_size": acc.num_processes,
+                    "metrics": self.metrics, "world_size": acc.num_processes, **self._stage_state(),
                 })
             else:
                 shutil.rmtree(tmp / ckpt.TRAIN_STATE_DIR)
@@ -363,8 +436,13 @@ class Trainer:
                         "n_val_windows": len(self.val_ds) if self.val_ds is not None else 0},
             "git_revision": self._git_revision, "step": self.step, "epoch": self.epoch,
             "metrics": dict(self.metrics), "ema": self.ema is not None, "world_size": self.acc.num_processes,
-            "torch": torch.__version__,
+            "torch": torch.__version__, **self._stage_state(),
         }
+
+    def _stage_state(self) -> dict[str, Any]:
+        if self.stages is None:
+            return {}
+        return {"stage": self.stages[self.stage_index].name, "stages": [[s.name, s.steps] for s in self.stages]}
 
     def _write_run_files(self) -> None:
         from omegaconf import OmegaConf
