@@ -12,8 +12,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("robopolicy.cli.sim", "list simulated tasks; collect scripted-expert demonstrations"),
     "eval": ("robopolicy.cli.eval", "evaluate an agent (expert or checkpoint) on a simulated task"),
     "train": ("robopolicy.cli.train", "train an imitation policy on an episode store (hydra: task=... policy=...)"),
+    "finetune": ("robopolicy.cli.finetune",
+                 "RL fine-tuning of a checkpoint in sim (hydra: algo=reinflow|rl100|dsrl|dsrl_na checkpoint=... task=...)"),
     "collect": ("robopolicy.cli.collect",
                 "teleoperate an arm (sim by default) and record episodes; `collect review` replays one"),
+    "deploy": ("robopolicy.cli.deploy", "deployment daemon (`deploy serve`) and its client: status, load, start, stop, estop"),
 }
 
 

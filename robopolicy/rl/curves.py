@@ -1,0 +1,88 @@
+"""Learning curves of an RL fine-tuning run: tensorboard scalars, a metrics.jsonl, and a PNG.
+
+Every logged row carries `env_steps` and `wall_s`; the PNG plots evaluation success (and the rollout
+success rate) against both, which is how the results are reported (success vs env steps and wall time).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+class LearningCurves:
+    """Log scalars to `<out_dir>/tb` (tensorboard) and `<out_dir>/metrics.jsonl`; draw `curves.png`."""
+
+    def __init__(self, out_dir: str | Path, tensorboard: bool = True):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = self.out_dir / "metrics.jsonl"
+        self.rows: list[dict[str, Any]] = []
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out_dir / "tb"))
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        """One row at iteration `step`; values should include env_steps and wall_s."""
+        row = {"step": int(step), **{k: _scalar(v) for k, v in values.items()}}
+        self.rows.append(row)
+        with self.jsonl.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            x = int(row.get("env_steps", step))
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                    self.writer.add_scalar(k, v, x)
+            self.writer.flush()
+
+    def plot(self, path: str | Path | None = None, title: str = "") -> Path:
+        """`curves.png`: eval success and rollout success vs env steps and vs wall time."""
+        return plot_curves(self.rows, Path(path or self.out_dir / "curves.png"), title)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "",
+                keys: tuple[str, ...] = ("eval/success_rate", "rollout/success_rate")) -> Path:
+    """Two panels (x = env steps, x = wall minutes) with one line per key present in `rows`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key in keys:
+        pts = [(r["env_steps"], r["wall_s"] / 60.0, r[key]) for r in rows
+               if key in r and "env_steps" in r and "wall_s" in r]
+        if not pts:
+            continue
+        steps, minutes, vals = zip(*pts, strict=True)
+        style = "o-" if key.startswith("eval") else "-"
+        axes[0].plot(steps, vals, style, label=key, alpha=0.9 if key.startswith("eval") else 0.5)
+        axes[1].plot(minutes, vals, style, label=key, alpha=0.9 if key.startswith("eval") else 0.5)
+    axes[0].set_xlabel("environment steps")
+    axes[1].set_xlabel("wall time (min)")
+    for ax in axes:
+        ax.set_ylabel("success rate")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _scalar(v: Any) -> Any:
+    if hasattr(v, "item"):
+        return v.item()
+    return v

@@ -1,0 +1,247 @@
+"""ReinFlow (ALGORITHMS.md section 6): PPO on a flow policy's Euler chain made stochastic by a learned noise net.
+
+    x_0 ~ N(0, I);  x_{i+1} ~ N(mean_i, sigma_i^2),  mean_i = clip(x_i + v_theta(x_i, t_i, s) / K, -1, 1),
+    sigma_i = NoiseNet(t_i, s) in [min_std, max_std(progress)],  t_i = i / K  (ONE grid, pitfall 1)
+
+FlowPolicy samples and scores this chain itself once the noise net is plugged in with `set_step_std`; the
+same `step_log_probs` path serves rollout-time sampling and PPO's recomputation. Only the Gaussian draw is
+random (no +-3 sigma clipping of the draw, which would leave the Normal density wrong: pitfall 2), and the
+log-probs are normalised per action dimension, not clamped (pitfall 3 concerns a clamp we do not port).
+
+max_std follows ReinFlow's `learn_decay` schedule: held for `hold_ratio` of the run, then linearly annealed
+to min_std + decay_ratio * (max_std - min_std). "Progress" is the larger of the iteration fraction and the
+wall-budget fraction.
+
+Saved checkpoints are ordinary FlowPolicy checkpoints (the velocity net after fine-tuning), loadable by
+`robopolicy.load` and `robopolicy eval`; they sample the deterministic mean path, which is how ReinFlow
+evaluates. The noise net and the critic are saved beside them (`reinflow_state.pt`) for inspection or to
+sample the stochastic chain again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robopolicy.nn.embeddings import SinusoidalEmbedding
+from robopolicy.policies.base import Chain
+from robopolicy.policies.flow import FlowPolicy
+from robopolicy.policies.registry import build_config
+from robopolicy.rl import common
+from robopolicy.rl.chain import gaussian_entropy
+from robopolicy.rl.ppo import PPO, PPOConfig, PPOHooks, ValueCritic
+
+
+class NoiseNet(nn.Module):
+    """sigma(t, s) for every (T_p, A) entry: MLP([time_emb(t), cond]) -> log-variance squashed by tanh into
+    [log min_std^2, log max_std^2] (ReinFlow's ExploreNoiseNet). `max_std` is a buffer the schedule moves."""
+
+    def __init__(self, cond_dim: int, horizon: int, action_dim: int, min_std: float, max_std: float,
+                 hidden: tuple[int, ...] = (64, 64), time_dim: int = 16, time_scale: float = 1000.0):
+        super().__init__()
+        if not 0 < min_std <= max_std:
+            raise ValueError(f"need 0 < min_std <= max_std, got {min_std}, {max_std}")
+        self.shape = (horizon, action_dim)
+        self.time_emb = SinusoidalEmbedding(time_dim, scale=time_scale)
+        layers: list[nn.Module] = []
+        d = time_dim + cond_dim
+        for h in hidden:
+            layers += [nn.Linear(d, h), nn.Tanh()]
+            d = h
+        layers.append(nn.Linear(d, horizon * action_dim))
+        self.net = nn.Sequential(*layers)
+        self.register_buffer("min_std", torch.tensor(float(min_std)))
+        self.register_buffer("max_std", torch.tensor(float(max_std)))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, i: int) -> torch.Tensor:
+        emb = self.time_emb(t).detach()
+        raw = self.net(torch.cat([emb, cond.detach()], -1))
+        lo, hi = 2 * self.min_std.log(), 2 * self.max_std.clamp_min(self.min_std).log()
+        logvar = lo + (hi - lo) * 0.5 * (torch.tanh(raw) + 1)
+        return (0.5 * logvar).exp().reshape(x.shape[0], *self.shape)
+
+
+@dataclass
+class ReinFlowConfig:
+    """configs/algo/reinflow.yaml. ppo: the PPO block (robopolicy/rl/ppo.py PPOConfig)."""
+
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    num_inference_steps: int = 4  # K Euler steps, 1-4 (ReinFlow: 4 on state tasks, 1 on images)
+    min_std: float = 0.08
+    max_std: float = 0.14
+    hold_ratio: float = 0.35  # max_std held for this fraction of the run ...
+    decay_ratio: float = 0.7  # ... then annealed to min_std + decay_ratio * (max_std - min_std)
+    noise_hidden: tuple[int, ...] = (64, 64)
+    noise_lr: float = 1e-4
+    iterations: int = 200
+    wall_budget_s: float | None = None  # stop after this much wall time (evaluation included)
+    eval_every: int = 5  # iterations; 0: only before and after
+    eval_episodes: int = 20
+    eval_workers: int = 2
+    final_eval_episodes: int = 50
+    # A JSON eval summary of the same start checkpoint on the same seeds and episode count (e.g. an earlier
+    # run's eval_before.json): used instead of evaluating the start again (it is deterministic).
+    before_eval_json: str | None = None
+    checkpoint_every: int = 5
+    context: str = "spawn"
+    in_process: bool = False  # run the envs in this process (tests, debugging)
+    num_threads: int = 1
+
+    def validate(self) -> None:
+        self.ppo.validate()
+        if not 1 <= self.num_inference_steps <= 10:
+            raise ValueError(f"num_inference_steps must be in 1..10 (ReinFlow uses 1-4), got {self.num_inference_steps}")
+        if not 0 < self.min_std <= self.max_std:
+            raise ValueError(f"need 0 < min_std <= max_std, got {self.min_std}, {self.max_std}")
+        if not (0 <= self.hold_ratio <= 1 and 0 <= self.decay_ratio <= 1):
+            raise ValueError("hold_ratio and decay_ratio must be in [0, 1]")
+
+
+def max_std_at(progress: float, cfg: ReinFlowConfig) -> float:
+    """ReinFlow's learn_decay upper bound on sigma at run progress in [0, 1]."""
+    end = cfg.min_std + cfg.decay_ratio * (cfg.max_std - cfg.min_std)
+    if progress <= cfg.hold_ratio:
+        return cfg.max_std
+    frac = min(1.0, (progress - cfg.hold_ratio) / max(1e-8, 1.0 - cfg.hold_ratio))
+    return cfg.max_std + frac * (end - cfg.max_std)
+
+
+def attach_noise_net(policy: FlowPolicy, cfg: ReinFlowConfig) -> NoiseNet:
+    """Set K, build the noise net for `policy` and plug it into its Euler chain (set_step_std)."""
+    if not isinstance(policy, FlowPolicy):
+        raise ValueError(f"ReinFlow fine-tunes a flow head (policy=flow); the checkpoint holds {type(policy).__name__}. "
+                         "Use algo=dsrl for diffusion heads")
+    policy.set_inference(cfg.num_inference_steps)
+    spec = policy.spec
+    with torch.no_grad():
+        dummy = {k: torch.zeros(1, spec.n_obs_steps, *s) for k, s in spec.obs_shapes.items()}
+        cond_dim = int(policy.encode_obs(dummy).shape[-1])
+    net = NoiseNet(cond_dim, spec.horizon, spec.action_dim, cfg.min_std, cfg.max_std, cfg.noise_hidden,
+                   time_scale=policy.cfg.time_scale)
+    policy.set_step_std(net)
+    return net
+
+
+def evaluate_terms(policy: FlowPolicy) -> Any:
+    """PPO's callable: step log-probs and entropies (B, K) under the current velocity and noise nets."""
+    def terms(obs: dict[str, torch.Tensor], chains: Chain) -> tuple[torch.Tensor, torch.Tensor]:
+        lp = policy.step_log_probs(obs, chains)
+        cond = policy.encode_obs(obs)
+        b, k = chains.xs.shape[0], chains.n_steps
+        stds = torch.stack([policy._std(chains.xs[:, i], chains.timesteps[i].expand(b), cond, i, k)
+                            for i in range(k)], 1)
+        return lp, gaussian_entropy(stds)
+    return terms
+
+
+def build_config_from(algo: dict[str, Any]) -> ReinFlowConfig:
+    algo = {k: v for k, v in dict(algo).items() if k != "name"}
+    cfg = build_config(ReinFlowConfig, algo, where="algo 'reinflow'")
+    cfg.validate()
+    return cfg
+
+
+def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_dir: Path, seed: int) -> dict:
+    """ReinFlow from an imitation flow checkpoint on `task`; writes out_dir/{last,final}, curves, summary.json."""
+    cfg = build_config_from(algo)
+    torch.set_num_threads(cfg.num_threads)
+    common.set_seed(seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = common.load_start(checkpoint)
+    policy = start.policy
+    noise_net = attach_noise_net(policy, cfg)  # type: ignore[arg-type]
+    critic = ValueCritic(policy, cfg.ppo.critic_hidden)
+    action_key = (start.config.get("task") or {}).get("action_key", "action")
+    batcher = common.ObsBatcher(policy, start.normalizer, action_key)
+    velocity_params = [p for n, p in policy.named_parameters() if not n.startswith("step_std.")]
+    ppo = PPO(policy, critic, cfg.ppo, [{"params": velocity_params, "lr": cfg.ppo.actor_lr},
+                                        {"params": list(noise_net.parameters()), "lr": cfg.noise_lr}],
+              evaluate_terms(policy))
+    curves = common.LearningCurves(out_dir)
+    (out_dir / "config.json").write_text(json.dumps({"algo": asdict(cfg), "task": task, "seed": seed,
+                                                     "checkpoint": str(checkpoint)}, indent=2, default=str))
+
+    def evaluate(n: int) -> dict[str, Any]:
+        return common.evaluate_success(policy, start.normalizer, task, n_episodes=n, n_workers=cfg.eval_workers,
+                                       action_key=action_key)
+
+    def save(name: str) -> Path:
+        def extra(directory: Path) -> None:
+            torch.save({"noise_net": noise_net.state_dict(), "critic": critic.state_dict(),
+                        "iteration": ppo.state.iteration, "env_steps": ppo.state.env_steps}, directory / "reinflow_state.pt")
+        policy.set_step_std(None)  # the checkpoint holds exactly a FlowPolicy's weights
+        try:
+            return common.save_finetuned(
+                out_dir / name, policy, start,
+                {"finetune": {"algo": "reinflow", "iteration": ppo.state.iteration, "env_steps": ppo.state.env_steps,
+                              "sampler": "deterministic Euler mean path (ReinFlow's evaluation); the noise net "
+                                         "is in reinflow_state.pt"}},
+                extra_files=extra)
+        finally:
+            policy.set_step_std(noise_net)
+
+    if cfg.before_eval_json:
+        before = json.loads(Path(cfg.before_eval_json).read_text())
+        if int(before.get("n_episodes", -1)) != cfg.final_eval_episodes:
+            raise ValueError(f"before_eval_json={cfg.before_eval_json} has n_episodes={before.get('n_episodes')}, "
+                             f"this run evaluates final_eval_episodes={cfg.final_eval_episodes}")
+    else:
+        before = evaluate(cfg.final_eval_episodes)
+    (out_dir / "eval_before.json").write_text(json.dumps(before, indent=2, default=str))
+    curves.log(0, {"env_steps": 0, "wall_s": 0.0, "eval/success_rate": before["success_rate"]})
+    envs = common.make_chunk_envs(task, policy.spec, cfg.ppo.n_envs, cfg.context, cfg.in_process)
+    best = {"rate": before["success_rate"]}
+
+    def before_iteration(it: int, progress: float) -> dict[str, float]:
+        noise_net.max_std.fill_(max_std_at(progress, cfg))
+        return {"noise/max_std": float(noise_net.max_std), "progress": progress}
+
+    def periodic_eval(it: int) -> dict[str, float]:
+        if cfg.eval_every <= 0 or it % cfg.eval_every:
+            return {}
+        s = evaluate(cfg.eval_episodes)
+        return {"eval/success_rate": s["success_rate"], "eval/wall_s": s["wall_s"]}
+
+    def periodic_save(it: int, row: dict[str, Any]) -> None:
+        if cfg.checkpoint_every > 0 and it % cfg.checkpoint_every == 0:
+            save("last")
+            curves.plot(title=f"ReinFlow on {task.get('name', task.get('env'))}")
+        rate = row.get("eval/success_rate")
+        if rate is not None and rate > best["rate"]:
+            best["rate"] = rate
+            save("best")
+
+    def log(it: int, row: dict[str, Any]) -> None:
+        curves.log(it, row)
+        print(f"[reinflow] it {it} env_steps {row['env_steps']} wall {row['wall_s']:.0f}s "
+              f"rollout_success {row.get('rollout/success_rate', float('nan')):.2f} "
+              f"eval {row.get('eval/success_rate', '-')} kl {row.get('ppo/approx_kl', float('nan')):.4f} "
+              f"clipfrac {row.get('ppo/clipfrac', float('nan')):.2f}", flush=True)
+
+    try:
+        ppo.run(envs, batcher, seed=seed, iterations=cfg.iterations, wall_budget_s=cfg.wall_budget_s,
+                hooks=PPOHooks(before_iteration=before_iteration, evaluate=periodic_eval, save=periodic_save),
+                log=log)
+    finally:
+        envs.close()
+    train_wall = ppo.state.wall_s  # the training loop (rollouts, updates, periodic evals), not the before/after evals
+    final = save("final")
+    after = evaluate(cfg.final_eval_episodes)
+    curves.log(ppo.state.iteration, {"env_steps": ppo.state.env_steps, "wall_s": train_wall,
+                                     "eval/success_rate": after["success_rate"], "final": 1})
+    curves.plot(title=f"ReinFlow on {task.get('name', task.get('env'))}")
+    curves.close()
+    summary = common.finetune_summary(algo="reinflow", start_path=checkpoint, before=before, after=after,
+                                      env_steps=ppo.state.env_steps, wall_s=train_wall, final_checkpoint=final,
+                                      iterations=ppo.state.iteration, seed=seed, curves=str(out_dir / "curves.png"))
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+__all__ = ["NoiseNet", "ReinFlowConfig", "attach_noise_net", "finetune", "max_std_at"]

@@ -1,0 +1,321 @@
+"""RL-100 (ALGORITHMS.md section 8): iterative offline RL with an OPE gate, online PPO, one-step CM head.
+
+Per offline iteration: collect episodes with the accepted policy (chunk-level transitions, appended to the
+dataset), fit IQL critics (robopolicy/rl/iql.py), then PPO on the denoising chain against the frozen
+reference pi_old: chains are sampled from pi_old at dataset states, every denoising step shares the IQL
+advantage A = Q(s, a) - V(s) of the final action (normalised), ratios are per step on the per-dimension
+log-prob, and the clip range decays linearly. Every `gate_every` steps the OPE estimate
+J(pi) = mean_s Q(s, pi(s)) (the mean-path action on the dataset's states) must beat the best so far to
+replace pi_old; updates that do not are kept optimising against the old reference, and the iteration ends
+with the last accepted policy. Then online PPO on the same chain (robopolicy/rl/ppo.py), and for a diffusion
+head a one-step consistency student (policies/consistency.py) distilled from the fine-tuned teacher.
+
+Simplifications, stated: the OPE estimate is the critic's one-step AM-Q on dataset states, without the
+learned dynamics ensemble of the official code; one optimizer step covers all K denoising steps of a batch
+(the official code takes one per step). The chain is stochastic DDIM (eta, stds clipped below at min_std)
+for diffusion heads, and Euler with a fixed per-step std for flow heads.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robopolicy.data.schema import key_kind
+from robopolicy.policies.base import GenerativePolicy
+from robopolicy.policies.diffusion import DiffusionPolicy
+from robopolicy.policies.flow import FlowPolicy
+from robopolicy.policies.registry import build_config
+from robopolicy.rl import common
+from robopolicy.rl.chain import step_log_probs, stored_step_log_probs
+from robopolicy.rl.iql import IQLConfig, IQLCritics
+from robopolicy.rl.ppo import PPO, PPOConfig, PPOHooks, ValueCritic
+
+
+@dataclass
+class RL100Config:
+    """configs/algo/rl100.yaml."""
+
+    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(clip_eps=0.2, actor_lr=3e-6))  # online stage
+    iql: IQLConfig = field(default_factory=IQLConfig)
+    num_inference_steps: int = 10  # DDIM steps (diffusion) or Euler steps (flow)
+    eta: float = 1.0  # stochastic DDIM
+    min_std: float = 0.0067  # clip_std_min of the DDIM step stds
+    flow_std: float = 0.1  # per-step std of a flow head's Euler chain
+    offline_iterations: int = 2
+    episodes_per_iteration: int = 32
+    critic_steps: int = 1000
+    batch_size: int = 256
+    offline_steps: int = 200  # PPO steps per offline iteration
+    offline_lr: float = 1e-5
+    offline_clip: float = 0.25  # decayed linearly to 0 over the offline steps
+    gate_every: int = 50
+    online_iterations: int = 0
+    online_wall_budget_s: float | None = None
+    distill_steps: int = 500  # one-step CM head (diffusion heads only); 0 disables
+    distill_lr: float = 1e-4
+    eval_episodes: int = 50
+    eval_workers: int = 2
+    n_envs: int = 8
+    context: str = "spawn"
+    in_process: bool = False
+    num_threads: int = 1
+
+    def validate(self) -> None:
+        self.ppo.validate()
+        if self.num_inference_steps < 1 or self.gate_every < 1 or self.batch_size < 1:
+            raise ValueError("num_inference_steps, gate_every and batch_size must be >= 1")
+        if self.min_std < 0 or self.flow_std <= 0 or not 0 < self.offline_clip < 1:
+            raise ValueError("need min_std >= 0, flow_std > 0 and 0 < offline_clip < 1")
+
+
+class OPEGate:
+    """Accept a candidate only when its OPE estimate beats the best accepted so far."""
+
+    def __init__(self, best: float = -math.inf):
+        self.best = float(best)
+        self.history: list[tuple[float, bool]] = []
+
+    def offer(self, estimate: float) -> bool:
+        accepted = float(estimate) > self.best
+        if accepted:
+            self.best = float(estimate)
+        self.history.append((float(estimate), accepted))
+        return accepted
+
+
+def make_stochastic(policy: GenerativePolicy, cfg: RL100Config) -> dict[str, Any]:
+    """Put the head's sampler on a stochastic chain; returns the kwargs for sample_chain / step_log_probs."""
+    if isinstance(policy, DiffusionPolicy):
+        policy.set_inference(scheduler="ddim", num_inference_steps=cfg.num_inference_steps, eta=cfg.eta)
+        return {"min_std": cfg.min_std}
+    if isinstance(policy, FlowPolicy):
+        policy.set_inference(cfg.num_inference_steps)
+        policy.set_step_std(torch.full((cfg.num_inference_steps,), cfg.flow_std))
+        return {}
+    raise ValueError(f"RL-100 needs a diffusion or flow head, got {type(policy).__name__}")
+
+
+def flat_obs(obs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Critic input: the normalized low-dim observation history, flattened."""
+    images = [k for k in obs if key_kind(k) == "image"]
+    if images:
+        raise ValueError(f"RL-100's critics here take low-dim observations; {images} are images. Use a state task")
+    return torch.cat([obs[k].flatten(1).float() for k in sorted(obs) if k != "language"], -1)
+
+
+def executed(chunk: torch.Tensor, spec: Any) -> torch.Tensor:
+    """The executed part of a normalized chunk, flattened (B, T_a * A)."""
+    start = spec.n_obs_steps - 1
+    return chunk[:, start:start + spec.n_action_steps].flatten(1)
+
+
+@dataclass
+class Transitions:
+    """Chunk-level dataset: normalized obs dicts, executed normalized actions, rewards, next obs, dones."""
+
+    obs: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    actions: list[torch.Tensor] = field(default_factory=list)
+    rewards: list[torch.Tensor] = field(default_factory=list)
+    next_obs: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    dones: list[torch.Tensor] = field(default_factory=list)
+
+    def tensors(self) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        cat = lambda ds: {k: torch.cat([d[k] for d in ds]) for k in ds[0]}  # noqa: E731
+        return (cat(self.obs), torch.cat(self.actions), torch.cat(self.rewards), cat(self.next_obs),
+                torch.cat(self.dones))
+
+
+@torch.no_grad()
+def collect_episodes(policy: GenerativePolicy, envs: Any, batcher: Any, n_episodes: int, seed: int,
+                     kwargs: dict[str, Any], data: Transitions) -> dict[str, float]:
+    """Roll the stochastic chain until `n_episodes` episodes finished; append every transition to `data`."""
+    raw = envs.reset(seed)
+    while len(envs.stats.success) < n_episodes:
+        obs = batcher.obs(raw)
+        chain = policy.sample_chain(obs, stochastic=True, **kwargs)
+        raw, reward, done, _ = envs.step(batcher.executed_actions(chain.actions))
+        data.obs.append(obs)
+        data.actions.append(executed(chain.actions, policy.spec))
+        data.rewards.append(torch.as_tensor(reward))
+        data.next_obs.append(batcher.obs(raw))  # after an autoreset this is the next episode's; done masks it
+        data.dones.append(torch.as_tensor(done))
+    return envs.pop_stats().summary()
+
+
+def fit_critics(critics: IQLCritics, data: Transitions, steps: int, batch_size: int) -> dict[str, float]:
+    obs, act, rew, nxt, done = data.tensors()
+    s, s2 = flat_obs(obs), flat_obs(nxt)
+    logs: dict[str, float] = {}
+    for _ in range(steps):
+        idx = torch.randint(0, len(act), (batch_size,))
+        logs = critics.update(s[idx], act[idx], rew[idx], s2[idx], done[idx])
+    return logs
+
+
+@torch.no_grad()
+def ope_estimate(policy: GenerativePolicy, critics: IQLCritics, obs: dict[str, torch.Tensor], seed: int = 0) -> float:
+    """AM-Q: mean Q(s, pi(s)) of the mean-path action on the dataset states (fixed noise)."""
+    b = flat_obs(obs).shape[0]
+    noise = torch.randn(policy.noise_shape(b), generator=torch.Generator().manual_seed(seed))
+    chunk = policy.sample_chain(obs, noise, stochastic=False).actions
+    return float(critics.q(flat_obs(obs), executed(chunk, policy.spec)).mean())
+
+
+def offline_improve(policy: GenerativePolicy, critics: IQLCritics, data: Transitions, cfg: RL100Config,
+                    kwargs: dict[str, Any]) -> dict[str, Any]:
+    """OPE-gated PPO on the denoising chain against the frozen reference; leaves `policy` = last accepted."""
+    obs_all = data.tensors()[0]
+    n = flat_obs(obs_all).shape[0]
+    ref = copy.deepcopy(policy).requires_grad_(False)
+    gate = OPEGate(ope_estimate(ref, critics, obs_all))
+    opt = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=cfg.offline_lr)
+    dims = float(np.prod(policy.noise_shape(1)[1:]))
+    for step in range(cfg.offline_steps):
+        idx = torch.randint(0, n, (min(cfg.batch_size, n),))
+        obs = {k: v[idx] for k, v in obs_all.items()}
+        with torch.no_grad():
+            chain = ref.sample_chain(obs, stochastic=True, **kwargs)
+            old = stored_step_log_probs(chain)
+            adv = critics.advantage(flat_obs(obs), executed(chain.actions, policy.spec))
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        ratio = ((step_log_probs(policy, obs, chain, **kwargs) - old) / dims).exp()
+        eps = cfg.offline_clip * (1.0 - step / cfg.offline_steps)
+        loss = -torch.min(ratio * adv[:, None], ratio.clamp(1 - eps, 1 + eps) * adv[:, None]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
+        opt.step()
+        if (step + 1) % cfg.gate_every == 0 and gate.offer(ope_estimate(policy, critics, obs_all)):
+            ref.load_state_dict(policy.state_dict())
+    policy.load_state_dict(ref.state_dict())
+    return {"gate_best": gate.best, "gate_history": gate.history,
+            "accepted": sum(a for _, a in gate.history), "offered": len(gate.history)}
+
+
+def distill_consistency(teacher: DiffusionPolicy, data: Transitions, cfg: RL100Config) -> Any:
+    """One-step CM student matching the teacher's DDIM-K chunk from the same noise (RL-100's deploy head)."""
+    from robopolicy.policies.consistency import ConsistencyPolicy
+
+    student = ConsistencyPolicy(teacher.spec, ConsistencyPolicy.Config(
+        unet=teacher.cfg.unet, obs=teacher.cfg.obs, teacher_steps=cfg.num_inference_steps,
+        student_step=teacher.cfg.num_train_timesteps - 1), teacher=teacher)
+    student.model.load_state_dict(teacher.model.state_dict())  # warm start: same UNet
+    student.obs_encoder.load_state_dict(teacher.obs_encoder.state_dict())
+    obs_all = data.tensors()[0]
+    n = flat_obs(obs_all).shape[0]
+    opt = torch.optim.Adam(student.parameters(), lr=cfg.distill_lr)
+    for _ in range(cfg.distill_steps):
+        idx = torch.randint(0, n, (min(cfg.batch_size, n),))
+        loss = student.compute_loss({"obs": {k: v[idx] for k, v in obs_all.items()}})["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+    return student
+
+
+def latency_ms(policy: GenerativePolicy, obs: dict[str, torch.Tensor], calls: int = 20) -> float:
+    """Median wall time of predict_chunk at batch 1 (after one warm-up call)."""
+    one = {k: v[:1] for k, v in obs.items()}
+    policy.predict_chunk(one)
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        policy.predict_chunk(one)
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(times))
+
+
+def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_dir: Path, seed: int) -> dict:
+    """RL-100 from an imitation checkpoint: offline iterations, online PPO, CM head; see the module docstring."""
+    cfg = build_config(RL100Config, {k: v for k, v in dict(algo).items() if k != "name"}, where="algo 'rl100'")
+    cfg.validate()
+    torch.set_num_threads(cfg.num_threads)
+    common.set_seed(seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = common.load_start(checkpoint)
+    policy = start.policy
+    kwargs = make_stochastic(policy, cfg)
+    action_key = (start.config.get("task") or {}).get("action_key", "action")
+    batcher = common.ObsBatcher(policy, start.normalizer, action_key)
+    curves = common.LearningCurves(out_dir)
+    t0 = time.perf_counter()
+    env_steps = 0
+
+    def evaluate(p: GenerativePolicy = policy) -> dict[str, Any]:
+        return common.evaluate_success(p, start.normalizer, task, n_episodes=cfg.eval_episodes,
+                                       n_workers=cfg.eval_workers, action_key=action_key)
+
+    def save(name: str, p: GenerativePolicy = policy, stage: str = "") -> Path:
+        step_std = p.step_std if isinstance(p, FlowPolicy) else None
+        if isinstance(p, FlowPolicy):
+            p.set_step_std(None)
+        try:
+            return common.save_finetuned(out_dir / name, p, start, {"finetune": {"algo": "rl100", "stage": stage}})
+        finally:
+            if isinstance(p, FlowPolicy):
+                p.set_step_std(step_std)
+
+    stages: dict[str, Any] = {"before": evaluate()}
+    curves.log(0, {"env_steps": 0, "wall_s": 0.0, "eval/success_rate": stages["before"]["success_rate"]})
+    data = Transitions()
+    critics: IQLCritics | None = None
+    envs = common.make_chunk_envs(task, policy.spec, cfg.n_envs, cfg.context, cfg.in_process)
+    try:
+        for it in range(cfg.offline_iterations):
+            roll = collect_episodes(policy, envs, batcher, cfg.episodes_per_iteration, seed + 1000 * it, kwargs, data)
+            env_steps = envs.total_env_steps
+            if critics is None:
+                obs0, act0 = data.obs[0], data.actions[0]
+                critics = IQLCritics(flat_obs(obs0).shape[-1], act0.shape[-1], cfg.iql)
+            crit_logs = fit_critics(critics, data, cfg.critic_steps, cfg.batch_size)
+            gate = offline_improve(policy, critics, data, cfg, kwargs)
+            ev = evaluate()
+            stages[f"offline_{it + 1}"] = {**ev, **gate, **crit_logs, "rollout": roll}
+            curves.log(it + 1, {"env_steps": env_steps, "wall_s": time.perf_counter() - t0,
+                                "rollout/success_rate": roll.get("success_rate", float("nan")),
+                                "eval/success_rate": ev["success_rate"], "offline/accepted": gate["accepted"],
+                                "offline/gate_best": gate["gate_best"], **crit_logs})
+        save("offline", stage="offline")
+        if cfg.online_iterations > 0:
+            critic = ValueCritic(policy, cfg.ppo.critic_hidden)
+            ppo = PPO(policy, critic, cfg.ppo, [{"params": [p for p in policy.parameters() if p.requires_grad]}],
+                      lambda o, c: (step_log_probs(policy, o, c, **kwargs), None), sample_kwargs=kwargs)
+            ppo.state.env_steps = env_steps
+            ppo.run(envs, batcher, seed + 10_000, cfg.online_iterations, cfg.online_wall_budget_s, PPOHooks(),
+                    lambda i, row: curves.log(cfg.offline_iterations + i, {**row, "wall_s": time.perf_counter() - t0}))
+            env_steps = ppo.state.env_steps
+            stages["online"] = evaluate()
+    finally:
+        envs.close()
+    train_wall = time.perf_counter() - t0
+    final = save("final", stage="online" if cfg.online_iterations > 0 else "offline")
+    after = stages.get("online") or stages.get(f"offline_{cfg.offline_iterations}") or evaluate()
+    curves.log(cfg.offline_iterations + cfg.online_iterations + 1,
+               {"env_steps": env_steps, "wall_s": train_wall, "eval/success_rate": after["success_rate"], "final": 1})
+    extra: dict[str, Any] = {}
+    if isinstance(policy, DiffusionPolicy) and cfg.distill_steps > 0 and data.obs:
+        student = distill_consistency(policy, data, cfg)
+        student_eval = evaluate(student)
+        cm_path = common.save_finetuned(out_dir / "cm", student, start, {"finetune": {"algo": "rl100", "stage": "cm"}},
+                                        extra_config={"policy": {"name": "consistency", "config": asdict(student.cfg)}})
+        obs = data.tensors()[0]
+        extra = {"cm_checkpoint": str(cm_path), "cm_success": student_eval["success_rate"],
+                 "cm_latency_ms": latency_ms(student, obs), "teacher_latency_ms": latency_ms(policy, obs)}
+    curves.plot(title=f"RL-100 on {task.get('name', task.get('env'))}")
+    curves.close()
+    summary = common.finetune_summary(algo="rl100", start_path=checkpoint, before=stages["before"], after=after,
+                                      env_steps=env_steps, wall_s=train_wall, final_checkpoint=final, seed=seed,
+                                      stages={k: v.get("success_rate") for k, v in stages.items()}, **extra)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary

@@ -1,0 +1,101 @@
+"""PPO on the denoising chain (robopolicy/rl/ppo.py) and the chunk-level rollouts (robopolicy/rl/rollout.py):
+the ratio is exactly 1 before the first update (a time-grid mismatch breaks it), GAE, KL early stop, and
+ChunkEnv's history, reward and autoreset bookkeeping."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from rl_toy import Bandit, IdentityBatcher, bandit_envs, pretrained_bimodal_flow
+
+from robopolicy.policies.base import Chain
+from robopolicy.rl.ppo import PPO, PPOConfig, ValueCritic, compute_gae
+from robopolicy.rl.reinflow import ReinFlowConfig, attach_noise_net, evaluate_terms
+from robopolicy.rl.rollout import ChunkEnv
+
+torch.set_num_threads(1)
+
+
+def _ppo(steps: int = 30, **ppo_kw) -> PPO:
+    p = pretrained_bimodal_flow(steps=steps)
+    cfg = ReinFlowConfig(ppo=PPOConfig(n_envs=4, n_steps=3, minibatch_size=6, critic_hidden=(16,), **ppo_kw))
+    net = attach_noise_net(p, cfg)
+    vel = [q for n, q in p.named_parameters() if not n.startswith("step_std.")]
+    return PPO(p, ValueCritic(p, cfg.ppo.critic_hidden), cfg.ppo,
+               [{"params": vel, "lr": 1e-3}, {"params": list(net.parameters()), "lr": 1e-3}], evaluate_terms(p))
+
+
+def test_ratio_is_exactly_one_before_the_first_update():
+    torch.manual_seed(0)
+    ppo = _ppo()
+    envs = bandit_envs(4)
+    batch, _, _ = ppo.collect(envs, IdentityBatcher(), envs.reset(0))
+    assert len(batch) == 12 and batch.chains.n_steps == 4
+    with torch.no_grad():
+        new_lp, entropy = ppo.evaluate_terms(batch.obs, batch.chains)
+    ratio = (new_lp - batch.old_step_log_probs).exp()
+    assert float((ratio - 1).abs().max()) < 1e-5
+    assert entropy.shape == (12, 4)
+    # the loop's own check, measured on the first minibatch before any optimizer step
+    logs = ppo.update(batch)
+    assert logs["ppo/first_ratio_max_dev"] < 1e-5
+
+    # ReinFlow pitfall 1: recomputing on another grid (linspace(0, 1, K), as the official rollout does)
+    # moves the ratio away from 1 — this is what the check above guards against.
+    c = batch.chains
+    wrong = Chain(c.xs, c.means, c.stds, torch.linspace(0, 1, c.n_steps))
+    with torch.no_grad():
+        bad = (ppo.evaluate_terms(batch.obs, wrong)[0] - batch.old_step_log_probs).exp()
+    assert float((bad - 1).abs().max()) > 1e-3
+
+
+def test_update_changes_the_policy_and_stops_early_on_kl():
+    torch.manual_seed(0)
+    ppo = _ppo(update_epochs=50, target_kl=1e-9, critic_warmup_iters=0)
+    envs = bandit_envs(4)
+    batch, _, _ = ppo.collect(envs, IdentityBatcher(), envs.reset(0))
+    before = [q.detach().clone() for q in ppo.policy.parameters()]
+    logs = ppo.update(batch)
+    assert logs["ppo/early_stop"] == 1.0 and logs["ppo/epochs"] == 1.0
+    assert any(not torch.equal(a, b) for a, b in zip(before, ppo.policy.parameters(), strict=True))
+    critic_only = ppo.update(batch, train_actor=False)
+    assert "loss/policy" not in critic_only and "loss/value" in critic_only
+
+
+def test_gae_matches_a_hand_computation_and_stops_at_episode_ends():
+    gamma, lam = 0.9, 0.8
+    rewards = torch.tensor([[1.0], [0.0], [2.0]])
+    values = torch.tensor([[0.5], [0.4], [0.3]])
+    dones = torch.tensor([[0.0], [1.0], [0.0]])
+    last = torch.tensor([0.7])
+    adv, ret = compute_gae(rewards, values, dones, last, gamma, lam)
+    d2 = 2.0 + gamma * 0.7 - 0.3
+    d1 = 0.0 - 0.4  # episode ended at step 1: no bootstrap from step 2
+    d0 = 1.0 + gamma * 0.4 - 0.5
+    want = torch.tensor([[d0 + gamma * lam * d1], [d1], [d2]])
+    assert torch.allclose(adv, want) and torch.allclose(ret, want + values)
+
+
+def test_chunk_env_keeps_history_sums_rewards_and_resets_itself():
+    env = ChunkEnv(Bandit(), n_obs_steps=2, n_action_steps=3, max_episode_steps=4)
+    obs, _ = env.reset(seed=0)
+    assert obs["state"].shape == (2, 2) and np.array_equal(obs["state"][0], obs["state"][1])  # first-frame padding
+    obs, r, term, trunc, info = env.step(np.array([[0.5, 0], [-0.5, 0], [0.5, 0]], np.float32))
+    assert r == 0.5 and info["env_steps"] == 3 and not info["done"] and not (term or trunc)
+    obs, r, _, _, info = env.step(np.array([[0.5, 0], [0.5, 0], [0.5, 0]], np.float32))
+    # the episode ends after its 4th step (mid-chunk); ChunkEnv reports it and starts the next one
+    assert info["done"] and info["env_steps"] == 1 and info["episode_done"] and info["episode_length"] == 4
+    assert info["episode_return"] == 0.75 and info["episode_success"]
+    assert np.array_equal(obs["state"][0], obs["state"][1])  # a fresh episode's padded history
+    out_of_range = env.step(np.full((3, 2), 5.0, np.float32))  # clipped into the action space
+    assert out_of_range[1] == 0.75
+
+
+def test_vector_env_collects_episode_stats():
+    envs = bandit_envs(3)
+    envs.reset(0)
+    _, reward, done, n = envs.step(np.ones((3, 4, 2), np.float32))
+    assert n == 12 and done.tolist() == [1.0, 1.0, 1.0] and np.allclose(reward, 1.0)
+    stats = envs.pop_stats().summary()
+    assert stats["episodes"] == 3 and stats["success_rate"] == 1.0 and envs.total_env_steps == 12
+    assert envs.pop_stats().summary() == {}

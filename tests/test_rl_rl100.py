@@ -1,0 +1,92 @@
+"""RL-100 (robopolicy/rl/rl100.py, robopolicy/rl/iql.py): the OPE gate accepts only improvements, IQL's
+expectile loss, the stochastic DDIM chain's ratio is 1 at the start, and on the 2-D toy the gated offline
+stage moves mass to the rewarded mode without ever accepting a worse estimate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from rl_toy import SPEC, IdentityBatcher, bandit_envs, mode_stats, pretrained_bimodal_flow
+
+from robopolicy.nn import unet_preset
+from robopolicy.policies.diffusion import DiffusionPolicy
+from robopolicy.rl.chain import step_log_probs, stored_step_log_probs
+from robopolicy.rl.iql import IQLConfig, IQLCritics, expectile_loss
+from robopolicy.rl.rl100 import (
+    OPEGate,
+    RL100Config,
+    Transitions,
+    collect_episodes,
+    fit_critics,
+    flat_obs,
+    make_stochastic,
+    offline_improve,
+)
+
+torch.set_num_threads(1)
+
+
+def test_ope_gate_accepts_only_improving_updates():
+    gate = OPEGate(best=1.0)
+    assert [gate.offer(j) for j in (0.9, 1.2, 1.1, 1.3, 1.3)] == [False, True, False, True, False]
+    assert gate.best == 1.3 and len(gate.history) == 5
+
+
+def test_expectile_loss():
+    d = torch.tensor([-1.0, 2.0])
+    assert torch.isclose(expectile_loss(d, 0.5), 0.5 * (d**2).mean())
+    assert torch.isclose(expectile_loss(d, 0.7), (0.3 * 1 + 0.7 * 4) / torch.tensor(2.0))
+
+
+def test_stochastic_ddim_chain_ratio_is_one_before_any_update():
+    torch.manual_seed(0)
+    p = DiffusionPolicy(SPEC, DiffusionPolicy.Config(unet=unet_preset("tiny", down_dims=[16]), num_train_timesteps=100))
+    kwargs = make_stochastic(p, RL100Config(num_inference_steps=10, eta=1.0, min_std=0.0067))
+    assert (p.cfg.scheduler, p.cfg.num_inference_steps, p.cfg.eta) == ("ddim", 10, 1.0)
+    obs = {"state": torch.randn(6, 1, 2)}
+    with torch.no_grad():
+        chain = p.sample_chain(obs, stochastic=True, **kwargs)
+        ratio = (step_log_probs(p, obs, chain, **kwargs) - stored_step_log_probs(chain)).exp()
+    assert (chain.stds >= 0.0067 - 1e-9).all()
+    assert float((ratio - 1).abs().max()) < 1e-5
+
+
+def test_iql_critics_rank_the_rewarded_mode_higher():
+    torch.manual_seed(0)
+    policy = pretrained_bimodal_flow(steps=150)
+    cfg = RL100Config(num_inference_steps=4, flow_std=0.1, iql=IQLConfig(hidden=(32, 32), lr=3e-3))
+    kwargs = make_stochastic(policy, cfg)
+    data = Transitions()
+    roll = collect_episodes(policy, bandit_envs(16), IdentityBatcher(), 64, 0, kwargs, data)
+    assert roll["episodes"] >= 64 and 0.2 < roll["success_rate"] < 0.8
+    obs, act, rew, _, _ = data.tensors()
+    critics = IQLCritics(flat_obs(obs).shape[-1], act.shape[-1], cfg.iql)
+    fit_critics(critics, data, steps=300, batch_size=64)
+    with torch.no_grad():
+        adv = critics.advantage(flat_obs(obs), act)
+    good = rew > 0.5
+    assert float(adv[good].mean()) > float(adv[~good].mean()) + 0.3
+
+
+def test_gated_offline_stage_moves_mass_to_the_rewarded_mode():
+    torch.manual_seed(0)
+    policy = pretrained_bimodal_flow(steps=200)
+    mass_before, _ = mode_stats(policy)
+    cfg = RL100Config(num_inference_steps=4, flow_std=0.1, iql=IQLConfig(hidden=(32, 32), lr=3e-3),
+                      offline_steps=120, offline_lr=1e-4, offline_clip=0.25, gate_every=20, batch_size=64)
+    kwargs = make_stochastic(policy, cfg)
+    data = Transitions()
+    collect_episodes(policy, bandit_envs(16), IdentityBatcher(), 96, 0, kwargs, data)
+    critics = IQLCritics(flat_obs(data.obs[0]).shape[-1], data.actions[0].shape[-1], cfg.iql)
+    fit_critics(critics, data, steps=300, batch_size=64)
+    out = offline_improve(policy, critics, data, cfg, kwargs)
+    mass_after, on_mode = mode_stats(policy)
+    estimates = [j for j, _ in out["gate_history"]]
+    accepted = [j for j, a in out["gate_history"] if a]
+    assert out["offered"] == 6 and out["accepted"] >= 1
+    assert accepted == sorted(accepted) and out["gate_best"] == pytest.approx(max(accepted))
+    assert len(estimates) == 6
+    # seed 0 measured: mass 0.56 -> 1.0, on-mode 0.995 (at offline_lr 3e-4 the mass also moves but the
+    # chunks drift off the demonstrated modes: on-mode 0.36)
+    assert mass_after >= 0.9, (mass_before, mass_after)
+    assert on_mode > 0.8, on_mode  # within the data's support: near a demonstrated mode
