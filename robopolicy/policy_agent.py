@@ -43,6 +43,13 @@ class PolicyAgent:
         if action_key not in normalizer:
             raise KeyError(f"the normalizer has no entry for actions '{action_key}'; it has {normalizer.keys()}")
         self.env_kwargs: dict[str, Any] = dict(env_kwargs or {})
+        # A `pointcloud` entry is not a simulator argument: it becomes the wrapper that adds the key, built by
+        # the same code as at recording (robopolicy/perception/env.py); the eval runner applies it per worker.
+        self.env_wrapper = None
+        if "pointcloud" in self.env_kwargs:
+            from robopolicy.perception.env import split_pointcloud_kwargs
+
+            self.env_kwargs, self.env_wrapper = split_pointcloud_kwargs(self.env_kwargs)
         self.seed = seed
         self._generator: torch.Generator | None = None
         self.latencies_ms: list[float] = []  # wall time of every act() call

@@ -2,7 +2,8 @@
 
 Measures, at equal network sizes and NFE, interleaving the two implementations so that load on the machine
 hits both alike (medians over repetitions, ratios ours / LeRobot):
-- inference latency at batch 1: one network evaluation and a DDIM-10 chunk;
+- inference latency at batch 1: one network evaluation and a DDIM-10 chunk (ours in fp32 and with int8 UNet
+  weights, `robopolicy.load(path, quantize="int8")`);
 - training throughput: samples/s of a full step (forward, backward, AdamW) at the given batch size.
 
 Configurations: `state` (Diffusion Policy's low-dim UNet, down_dims 256-512-1024, ~65 M parameters, PushT-like
@@ -15,6 +16,7 @@ an 84x84 crop, ~263 M parameters) and `cpu` (our CPU preset, down_dims 64-128-25
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -26,6 +28,7 @@ from typing import Any
 
 import torch
 
+from robopolicy.nn.conv1d import quantize_int8_
 from robopolicy.nn.unet1d import UNetConfig
 from robopolicy.nn.vision import ImageEncoderConfig
 from robopolicy.policies.base import PolicySpec
@@ -124,6 +127,8 @@ def bench_config(name: str, c: BenchConfig, reps: int, calls: int, train_batch: 
     # --- inference: eval mode, no grad
     ours.eval()
     theirs.eval()
+    ours_q = copy.deepcopy(ours)
+    quantize_int8_(ours_q)  # our int8 CPU inference mode (robopolicy.load(path, quantize="int8"))
     noise = torch.randn(1, HORIZON, ACTION_DIM)
     with torch.no_grad():
         cond_o = ours.obs_encoder(ob1["obs"])
@@ -131,17 +136,22 @@ def bench_config(name: str, c: BenchConfig, reps: int, calls: int, train_batch: 
         tb = {**tb1, "observation.images": tb1["observation.images.top"].unsqueeze(2)} if c.image else tb1
         cond_t = theirs.diffusion._prepare_global_conditioning(tb)
         step = torch.tensor([50])
-        lat: dict[str, list[float]] = {k: [] for k in ("nfe_ours", "nfe_lerobot", "chunk_ours", "chunk_lerobot")}
+        keys = ("nfe_ours", "nfe_ours_int8", "nfe_lerobot", "chunk_ours", "chunk_ours_int8", "chunk_lerobot")
+        lat: dict[str, list[float]] = {k: [] for k in keys}
         for _ in range(reps):
             lat["nfe_ours"] += timed(lambda: ours.model(noise, step, cond_o), calls)
+            lat["nfe_ours_int8"] += timed(lambda: ours_q.model(noise, step, cond_o), calls)
             lat["nfe_lerobot"] += timed(lambda: theirs.diffusion.unet(noise, step, global_cond=cond_t), calls)
             lat["chunk_ours"] += timed(lambda: ours.predict_chunk(ob1["obs"], noise), max(1, calls // 3))
+            lat["chunk_ours_int8"] += timed(lambda: ours_q.predict_chunk(ob1["obs"], noise), max(1, calls // 3))
             lat["chunk_lerobot"] += timed(lambda: theirs.diffusion.generate_actions(tb, noise=noise),
                                           max(1, calls // 3))
     for k, v in lat.items():
         res[f"{k}_ms_median"] = statistics.median(v)
     res["nfe_ratio"] = res["nfe_ours_ms_median"] / res["nfe_lerobot_ms_median"]
     res["chunk_ratio"] = res["chunk_ours_ms_median"] / res["chunk_lerobot_ms_median"]
+    res["nfe_ratio_int8"] = res["nfe_ours_int8_ms_median"] / res["nfe_lerobot_ms_median"]
+    res["chunk_ratio_int8"] = res["chunk_ours_int8_ms_median"] / res["chunk_lerobot_ms_median"]
     # --- training: a full step with AdamW
     if train_steps:
         obt, tbt = batches(c, train_batch)
@@ -199,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: params ours {r['params_ours'] / 1e6:.1f} M / LeRobot {r['params_lerobot'] / 1e6:.1f} M | "
               f"NFE {r['nfe_ours_ms_median']:.1f} vs {r['nfe_lerobot_ms_median']:.1f} ms (x{r['nfe_ratio']:.2f}) | "
               f"DDIM-10 {r['chunk_ours_ms_median']:.0f} vs {r['chunk_lerobot_ms_median']:.0f} ms "
-              f"(x{r['chunk_ratio']:.2f})" + (
+              f"(x{r['chunk_ratio']:.2f}; int8 {r['chunk_ours_int8_ms_median']:.0f} ms, x{r['chunk_ratio_int8']:.2f})"
+              + (
                   f" | train {r['train_samples_per_s_ours']:.1f} vs {r['train_samples_per_s_lerobot']:.1f} "
                   f"samples/s (x{r['train_speedup']:.2f})" if "train_speedup" in r else ""), flush=True)
     result["load_avg_end"] = os.getloadavg()

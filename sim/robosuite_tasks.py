@@ -2,7 +2,9 @@
 
 Panda arm, OSC_POSE control (robosuite 1.5's composite BASIC controller with OSC_POSE on the arm),
 20 Hz control. Observations: `state` (eef pos, eef quat, gripper qpos, object state; float32) and
-84x84 `images/agentview`, `images/wrist` (robot0_eye_in_hand), uint8, upright.
+84x84 `images/agentview`, `images/wrist` (robot0_eye_in_hand), uint8, upright; with `depth=True` also
+`depth/<camera>` uint16 [H, W] (mm), and `camera_geometry(camera)` gives K and the camera's pose in the
+robot's base frame (OpenCV axes) for point clouds (robopolicy/perception).
 
 Rendering is our own `mujoco.Renderer` on robosuite's model rather than robosuite's camera
 observables: it renders upright (no OpenGL-convention flip), and lets us switch off multisampling,
@@ -124,6 +126,16 @@ class FastRenderer:
         self._renderer.update_scene(data, camera=camera, scene_option=self._option)
         return self._renderer.render()
 
+    def render_depth_mm(self, data: mujoco.MjData, camera: str) -> np.ndarray:
+        """Planar depth of a named camera as uint16 millimetres [H, W] (same scene as `render`)."""
+        self._renderer.update_scene(data, camera=camera, scene_option=self._option)
+        self._renderer.enable_depth_rendering()
+        try:
+            depth_m = self._renderer.render()
+        finally:
+            self._renderer.disable_depth_rendering()
+        return np.clip(np.round(depth_m * 1000.0), 0, np.iinfo(np.uint16).max).astype(np.uint16)
+
     def close(self) -> None:
         """Free the GL context (idempotent)."""
         if not self._closed:
@@ -145,6 +157,8 @@ class RobosuiteEnv(gym.Env):
         render_size: int | tuple[int, int] = (256, 256),
         max_episode_steps: int | None = None,
         terminate_on_success: bool = True,
+        depth: bool = False,
+        cameras: tuple[str, ...] | list[str] | None = None,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"unknown robosuite task '{task}'; choose one of {sorted(TASKS)}")
@@ -154,6 +168,10 @@ class RobosuiteEnv(gym.Env):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.task = TASKS[task]
         self.obs_mode = obs_mode
+        self.depth = bool(depth)
+        self.cameras = tuple(CAMERAS) if cameras is None else tuple(cameras)
+        if not self.cameras or any(c not in CAMERAS for c in self.cameras):
+            raise ValueError(f"cameras must be a non-empty subset of {tuple(CAMERAS)}, got {self.cameras}")
         self.image_size = parse_image_size(image_size, "image_size")
         self.render_size = parse_image_size(render_size, "render_size")
         self.render_mode = render_mode
@@ -188,8 +206,10 @@ class RobosuiteEnv(gym.Env):
         if obs_mode in ("state", "both"):
             spaces["state"] = gym.spaces.Box(-np.inf, np.inf, (state_dim,), dtype=np.float32)
         if obs_mode in ("pixels", "both"):
-            for key in CAMERAS:
+            for key in self.cameras:
                 spaces[f"images/{key}"] = gym.spaces.Box(0, 255, (*self.image_size, 3), dtype=np.uint8)
+                if self.depth:
+                    spaces[f"depth/{key}"] = gym.spaces.Box(0, 65535, self.image_size, dtype=np.uint16)
         self.observation_space = gym.spaces.Dict(spaces)
 
     # -- observation helpers ---------------------------------------------------------------------------
@@ -211,9 +231,48 @@ class RobosuiteEnv(gym.Env):
             model, data = self._mj()
             if self._renderer is None:
                 self._renderer = FastRenderer(model, *self.image_size)
-            for key, cam in CAMERAS.items():
-                obs[f"images/{key}"] = self._renderer.render(data, cam)
+            for key in self.cameras:
+                obs[f"images/{key}"] = self._renderer.render(data, CAMERAS[key])
+                if self.depth:
+                    obs[f"depth/{key}"] = self._renderer.render_depth_mm(data, CAMERAS[key])
         return obs
+
+    def _base_from_world(self) -> np.ndarray:
+        model, data = self._mj()
+        body = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "robot0_base")
+        world_from_base = np.eye(4)
+        world_from_base[:3, :3] = data.xmat[body].reshape(3, 3)
+        world_from_base[:3, 3] = data.xpos[body]
+        return np.linalg.inv(world_from_base)
+
+    def camera_geometry(self, camera: str) -> dict[str, Any]:
+        """K (OpenCV, pixel centres at integers), base_from_camera (OpenCV axes, Panda base frame) and
+        depth_scale (m per unit of depth/<camera>) of `camera` at the current state."""
+        if camera not in self.cameras:
+            raise KeyError(f"camera '{camera}' is not observed by this env (cameras={self.cameras})")
+        model, data = self._mj()
+        cam_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, CAMERAS[camera])
+        h, w = self.image_size
+        f = 0.5 * h / np.tan(np.deg2rad(model.cam_fovy[cam_id]) / 2.0)
+        k = np.array([[f, 0.0, (w - 1) / 2.0], [0.0, f, (h - 1) / 2.0], [0.0, 0.0, 1.0]])
+        world_from_cam = np.eye(4)
+        world_from_cam[:3, :3] = data.cam_xmat[cam_id].reshape(3, 3) @ np.diag([1.0, -1.0, -1.0])  # GL -> CV
+        world_from_cam[:3, 3] = data.cam_xpos[cam_id]
+        return {"intrinsics": k, "base_from_camera": self._base_from_world() @ world_from_cam, "depth_scale": 0.001}
+
+    @property
+    def pointcloud_workspace(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Crop box (base frame, m) of point clouds: the table top around its centre, 40 cm high."""
+        if not hasattr(self.rs, "table_offset"):
+            raise ValueError(f"{self.task.name} has no single table to crop to; set pointcloud.workspace_lower "
+                             "and workspace_upper (Panda base frame, m)")
+        top = np.asarray(self.rs.table_offset, dtype=float)
+        lo_w = top + np.array([-0.3, -0.3, -0.005])
+        hi_w = top + np.array([0.3, 0.3, 0.4])
+        corners = np.array([[x, y, z, 1.0] for x in (lo_w[0], hi_w[0]) for y in (lo_w[1], hi_w[1])
+                            for z in (lo_w[2], hi_w[2])])
+        in_base = (self._base_from_world() @ corners.T).T[:, :3]
+        return tuple(in_base.min(0).tolist()), tuple(in_base.max(0).tolist())
 
     def _info(self) -> dict[str, Any]:
         success = bool(self.rs._check_success())

@@ -209,3 +209,25 @@ def test_matmul_conv_transpose1d_matches_conv_transpose1d(c_in, c_out, k, stride
     y2.backward(g)
     torch.testing.assert_close(x2.grad, x1.grad, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fast.weight.grad, ref.weight.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_int8_inference_weights_close_to_fp32_and_refuse_training():
+    from robopolicy.nn.conv1d import dequantize_, quantize_int8_
+    from robopolicy.nn.unet1d import ConditionalUnet1D, unet_preset
+
+    torch.manual_seed(0)
+    net = ConditionalUnet1D(2, 6, unet_preset("tiny")).eval()
+    x, step, cond = torch.randn(3, 8, 2), torch.tensor([5, 50, 90]), torch.randn(3, 6)
+    with torch.no_grad():
+        ref = net(x, step, cond)
+        assert quantize_int8_(net) > 10
+        q = net(x, step, cond)
+    rel = ((q - ref).norm() / ref.norm()).item()
+    assert 0 < rel < 0.05  # quantized, and close
+    with pytest.raises(RuntimeError, match="dequantize_"):
+        net.train()
+        net(x, step, cond).sum()
+    dequantize_(net)
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x, step, cond), ref)

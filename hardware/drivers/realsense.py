@@ -69,6 +69,9 @@ class RealSenseCamera(ThreadedCamera):
         global_time: ask the firmware for global timestamps (device clock mapped to the host clock).
         stall_timeout: `latest()` raises CameraStalledError when the newest frame is older than this (s).
         rs_module: the pyrealsense2 module (tests inject a fake).
+        base_from_camera: 4x4 extrinsic calibration, camera (OpenCV axes: x right, y down, z forward) to the
+            robot's base frame, e.g. from a hand-eye calibration; what `camera_geometry()` reports for turning
+            depth into base-frame points (robopolicy.perception). None: unknown (camera_geometry raises).
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class RealSenseCamera(ThreadedCamera):
         stall_timeout: float = 0.5,
         start_timeout: float = 10.0,
         rs_module: Any = None,
+        base_from_camera: Any = None,
     ) -> None:
         super().__init__(name, stall_timeout=stall_timeout, start_timeout=start_timeout)
         self.serial = None if serial is None else str(serial)
@@ -96,6 +100,9 @@ class RealSenseCamera(ThreadedCamera):
         self._align = None
         self._depth_scale_mm = 1.0  # multiply raw depth units by this to get millimetres
         self._K: np.ndarray | None = None
+        self.base_from_camera = None if base_from_camera is None else np.asarray(base_from_camera, dtype=np.float64)
+        if self.base_from_camera is not None and self.base_from_camera.shape != (4, 4):
+            raise ValueError(f"base_from_camera must be a 4x4 matrix, got shape {self.base_from_camera.shape}")
         self.timestamp_domain: str | None = None
 
     def _describe(self) -> str:
@@ -182,6 +189,15 @@ class RealSenseCamera(ThreadedCamera):
         if self._K is None:
             raise DeviceNotFoundError(f"{self._describe()}: intrinsics are known once the camera has started")
         return self._K.copy()
+
+    def camera_geometry(self) -> dict[str, Any]:
+        """What depth -> base-frame points needs: K of the (colour-aligned) depth image, the extrinsic
+        calibration base_from_camera, and depth_scale in metres per unit of `Frame.depth` (uint16 mm)."""
+        if self.base_from_camera is None:
+            raise ValueError(f"{self._describe()}: no extrinsic calibration; set base_from_camera (4x4, camera "
+                             "to robot base, OpenCV axes) in the camera config to use its depth as point clouds")
+        return {"intrinsics": self.intrinsics(), "base_from_camera": self.base_from_camera.copy(),
+                "depth_scale": 0.001}
 
     @property
     def depth_scale_mm(self) -> float:

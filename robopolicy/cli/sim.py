@@ -30,6 +30,7 @@ collect options (defaults in configs/collect.yaml):
   stop_on_success=true  end an episode at the expert's first success
   overwrite=false       replace an existing store;  append=false  add to an existing store
   progress=true         progress bar
+  env_kwargs={...}      extra env arguments; point clouds: env_kwargs='{cameras: [front], pointcloud: {color: true}}'
 
 Example:
   robopolicy sim collect task=pusht n=200 out=data/pusht.zarr
@@ -72,7 +73,7 @@ def _collect(argv: list[str]) -> int:
             image_size=to_plain(cfg.image_size), obs_mode=cfg.obs_mode,
             max_attempts=None if cfg.max_attempts is None else int(cfg.max_attempts),
             stop_on_success=bool(cfg.stop_on_success), overwrite=bool(cfg.overwrite), append=bool(cfg.append),
-            progress=bool(cfg.progress),
+            progress=bool(cfg.progress), env_kwargs=to_plain(cfg.get("env_kwargs")) or None,
         )
     except (FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

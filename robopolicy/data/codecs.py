@@ -15,6 +15,7 @@ from zarr.codecs import BloscCodec
 from robopolicy.data.schema import FieldSpec, key_kind
 
 LOWDIM_CHUNK_ROWS = 4096
+POINTCLOUD_CHUNK_ROWS = 64  # 64 x 512 x 6 float32 = 786 kB chunks (4096 rows would be 50 MB)
 
 
 def compressors_for(key: str) -> list:
@@ -27,4 +28,6 @@ def compressors_for(key: str) -> list:
 def chunks_for(key: str, spec: FieldSpec) -> tuple[int, ...]:
     if key_kind(key) in ("image", "depth"):
         return (1, *spec.shape)
+    if key_kind(key) == "pointcloud":
+        return (POINTCLOUD_CHUNK_ROWS, *spec.shape)
     return (LOWDIM_CHUNK_ROWS, *spec.shape)

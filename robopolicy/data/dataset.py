@@ -1,6 +1,6 @@
 """SequenceDataset: training windows (T_o observation steps, T_p action steps) from an EpisodeStore.
 
-Low-dim keys are read into memory once (they are small). Image keys are read per sample, only the
+Low-dim keys and point clouds (`pointcloud`, float32 [N, 3|6]) are read into memory once. Image keys are read per sample, only the
 T_o frames the observation needs, either from an in-memory copy (when the images fit in
 `image_cache_bytes`, as Diffusion Policy does) or straight from the zarr chunks. zarr arrays are opened
 lazily in each process, so the dataset is safe with DataLoader workers (zarr's event-loop thread must
@@ -45,6 +45,7 @@ class SequenceConfig:
     image_crop: tuple[int, int] | None = None  # random crop (H, W) on the fly, same crop for all T_o frames
     image_cache_bytes: int = 4 * 1024**3  # keep images in RAM when they fit; 0 disables
     normalizer_modes: dict[str, str] = field(default_factory=dict)  # key -> minmax|meanstd|identity|image
+    language: bool = False  # add obs["language"]: the episode's instruction (its `language` attribute)
 
 
 class SequenceDataset(Dataset):
@@ -83,6 +84,12 @@ class SequenceDataset(Dataset):
         self._images: dict[str, np.ndarray] | None = None
         if self.image_keys and image_bytes <= cfg.image_cache_bytes:
             self._images = {k: store.frame_reader(k).read(0, n) for k in self.image_keys}
+        self._languages: list[str] | None = None
+        if cfg.language:
+            self._languages = [str(a.get("language") or "") for a in store.all_episode_attrs()]
+            if mask.any() and not any(self._languages[i] for i in np.flatnonzero(mask)):
+                raise ValueError(f"language=True but no {split} episode of {store.path} has a 'language' "
+                                 "attribute; collect with a language-instructed task or set language=False")
         self._readers: dict[str, object] = {}
         self._readers_pid = -1
         self._rng = np.random.default_rng()
@@ -137,6 +144,8 @@ class SequenceDataset(Dataset):
             if key_kind(key) == "image":
                 window = self._crop(window).transpose(0, 3, 1, 2)
             obs[key] = torch.from_numpy(np.ascontiguousarray(window))
+        if self._languages is not None:  # the instruction of the window's episode
+            obs["language"] = self._languages[int(np.searchsorted(self.episode_ends, buf_start, side="right"))]
         action = pad_window(self._lowdim[cfg.action_key][buf_start:buf_end], s_start, s_end, cfg.horizon)
         return {"obs": obs, "action": torch.from_numpy(np.ascontiguousarray(action))}
 
@@ -151,9 +160,19 @@ class SequenceDataset(Dataset):
         y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
         return frames[:, y:y + ch, x:x + cw]
 
+    def lowdim_frames(self, key: str) -> np.ndarray:
+        """Every frame (both splits, raw) of a low-dim key or the actions: what data-fitted tokenizers see."""
+        if key not in self._lowdim:
+            raise KeyError(f"'{key}' is not a low-dim key of this dataset ({sorted(self._lowdim)})")
+        return self._lowdim[key]
+
     # ---------------------------------------------------------------- statistics
     def default_normalizer_modes(self) -> dict[str, str]:
-        modes = {k: ("image" if key_kind(k) == "image" else "identity" if key_kind(k) == "depth" else "minmax")
+        # Point clouds stay in base-frame metres (+ rgb in [0, 1]): identity, as DP3 does. Min-max per
+        # point index would be meaningless (points have no fixed order) and per-axis scaling would tie
+        # the checkpoint to one crop box; a workspace of about a metre is already O(1).
+        modes = {k: ("image" if key_kind(k) == "image" else "identity" if key_kind(k) in ("depth", "pointcloud")
+                     else "minmax")
                  for k in [*self.cfg.obs_keys, self.cfg.action_key]}
         modes.update(self.cfg.normalizer_modes)
         return modes

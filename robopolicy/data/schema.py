@@ -16,10 +16,13 @@ from robopolicy.data.errors import EpisodeValidationError
 IMAGE_PREFIX = "images/"
 DEPTH_PREFIX = "depth/"
 TIMESTAMP_KEY = "timestamp"
+POINTCLOUD_KEY = "pointcloud"  # float32 [N, 3 or 6]: base-frame xyz (m) (+ rgb in [0, 1]), robopolicy/perception
 
 
 def key_kind(key: str) -> str:
-    """'image', 'depth', 'timestamp' or 'lowdim', from the key's name (DESIGN.md conventions)."""
+    """'image', 'depth', 'pointcloud', 'timestamp' or 'lowdim', from the key's name (DESIGN.md conventions)."""
+    if key == POINTCLOUD_KEY or key.startswith(POINTCLOUD_KEY + "/"):
+        return "pointcloud"
     if key.startswith(IMAGE_PREFIX):
         return "image"
     if key.startswith(DEPTH_PREFIX):
@@ -45,7 +48,7 @@ class FieldSpec:
 
 
 # dtypes each kind of key must have; low-dim keys may be any numeric dtype.
-_KIND_DTYPES = {"image": {"uint8"}, "depth": {"uint16"}, "timestamp": {"float64"}}
+_KIND_DTYPES = {"image": {"uint8"}, "depth": {"uint16"}, "timestamp": {"float64"}, "pointcloud": {"float32"}}
 
 
 @dataclass
@@ -110,6 +113,9 @@ class StoreSchema:
                 raise EpisodeValidationError(f"key '{key}': images are [H, W, 3], got per-step shape {spec.shape}")
             if kind == "depth" and len(spec.shape) != 2:
                 raise EpisodeValidationError(f"key '{key}': depth is [H, W] uint16, got per-step shape {spec.shape}")
+            if kind == "pointcloud" and (len(spec.shape) != 2 or spec.shape[1] not in (3, 6)):
+                raise EpisodeValidationError(f"key '{key}': point clouds are [N, 3] (xyz) or [N, 6] (xyz + rgb) "
+                                             f"float32, got per-step shape {spec.shape}")
             if kind == "lowdim" and not np.issubdtype(np.dtype(spec.dtype), np.number) and spec.dtype != "bool":
                 raise EpisodeValidationError(f"key '{key}': low-dim data must be numeric, got {spec.dtype}")
 
@@ -150,7 +156,7 @@ class StoreSchema:
     @staticmethod
     def _check_values(key: str, arr: np.ndarray) -> None:
         kind = key_kind(key)
-        if kind in ("lowdim", "timestamp") and np.issubdtype(arr.dtype, np.floating):
+        if kind in ("lowdim", "timestamp", "pointcloud") and np.issubdtype(arr.dtype, np.floating):
             bad = ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
             if bad.any():
                 step = int(np.flatnonzero(bad)[0])

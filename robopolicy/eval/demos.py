@@ -126,7 +126,12 @@ def collect_demos(
     size = _image_size(image_size)
     if size is not None and kwargs.get("obs_mode") != "state":
         kwargs.setdefault("image_size", size)
+    from robopolicy.perception.env import split_pointcloud_kwargs
+
+    kwargs, pointcloud_wrapper = split_pointcloud_kwargs(kwargs)  # env_kwargs {pointcloud: {...}}: add the key
     env = make_env(task, **kwargs)
+    if pointcloud_wrapper is not None:
+        env = pointcloud_wrapper(env)
     expert = make_expert(task, env)
     robot = _robot_name(task, env)
     max_attempts = max_attempts if max_attempts is not None else 2 * n + 10

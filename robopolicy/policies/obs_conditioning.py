@@ -3,7 +3,9 @@
 Per observed frame the features of every camera (one image encoder per camera, or one shared, by config)
 and of the low-dim keys (raw, as Diffusion Policy's low-dim policy does, or through an MLP) are
 concatenated; the T_o frames are then flattened: (B, T_o * F). Inputs are normalized: low-dim keys in
-[-1, 1], images float in [0, 1] as (B, T_o, 3, H, W) (see policies/base.py).
+[-1, 1], images float in [0, 1] as (B, T_o, 3, H, W) (see policies/base.py). A `pointcloud` key
+(B, T_o, N, 3 or 6), base-frame metres, goes through a DP3-style point encoder (nn/point_encoder.py);
+which of images, point clouds and state condition the head is chosen by the keys alone.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 
 from robopolicy.data.schema import key_kind
 from robopolicy.nn.mlp import MLP
+from robopolicy.nn.point_encoder import PointEncoder, PointEncoderConfig
 from robopolicy.nn.vision import ImageEncoder, ImageEncoderConfig
 from robopolicy.policies.base import PolicySpec
 
@@ -32,6 +35,7 @@ class ObsEncoderConfig:
     state_hidden: list[int] = field(default_factory=lambda: [256])
     state_feature_dim: int = 64  # output width of the MLP state encoder
     keys: list[str] | None = None  # observation keys to use; None: every key of the spec
+    point: PointEncoderConfig = field(default_factory=PointEncoderConfig)  # for `pointcloud` keys
 
 
 class ObsConditioner(nn.Module):
@@ -52,9 +56,15 @@ class ObsConditioner(nn.Module):
             raise ValueError("the policy spec has no observation keys to condition on")
         self.image_keys = [k for k in keys if key_kind(k) == "image"]
         self.lowdim_keys = [k for k in keys if key_kind(k) == "lowdim"]
-        others = [k for k in keys if k not in self.image_keys and k not in self.lowdim_keys]
+        self.point_keys = [k for k in keys if key_kind(k) == "pointcloud"]
+        others = [k for k in keys if k not in (*self.image_keys, *self.lowdim_keys, *self.point_keys)]
         if others:
-            raise ValueError(f"obs keys {others} are not supported (images/<cam> and flat low-dim keys are)")
+            raise ValueError(f"obs keys {others} are not supported (images/<cam>, pointcloud and flat low-dim "
+                             "keys are)")
+        for k in self.point_keys:
+            shape = tuple(spec.obs_shapes[k])
+            if len(shape) != 2 or shape[1] not in (3, 6):
+                raise ValueError(f"point-cloud key '{k}' must have per-step shape (N, 3) or (N, 6), got {shape}")
         for k in self.image_keys:
             shape = tuple(spec.obs_shapes[k])
             if len(shape) != 3 or shape[0] != 3:
@@ -80,7 +90,10 @@ class ObsConditioner(nn.Module):
             state_out = cfg.state_feature_dim
         elif cfg.state_encoder not in ("identity", "mlp"):
             raise ValueError(f"state_encoder must be 'identity' or 'mlp', got {cfg.state_encoder!r}")
-        self.frame_dim = len(self.image_keys) * cfg.image.feature_dim + (state_out if self.lowdim_keys else 0)
+        self.point_encoders = nn.ModuleDict(
+            {_mangle(k): PointEncoder(int(spec.obs_shapes[k][1]), cfg.point) for k in self.point_keys})
+        self.frame_dim = (len(self.image_keys) * cfg.image.feature_dim + len(self.point_keys) * cfg.point.feature_dim
+                          + (state_out if self.lowdim_keys else 0))
         self.out_dim = self.n_obs_steps * self.frame_dim
 
     def _image_encoder(self, key: str) -> ImageEncoder:
@@ -89,7 +102,7 @@ class ObsConditioner(nn.Module):
     def forward(self, obs: dict[str, Any]) -> torch.Tensor:
         """obs: key -> (B, T >= T_o, ...); the first T_o frames are used. Returns (B, T_o * frame_dim)."""
         t_o = self.n_obs_steps
-        missing = [k for k in [*self.image_keys, *self.lowdim_keys] if k not in obs]
+        missing = [k for k in [*self.image_keys, *self.point_keys, *self.lowdim_keys] if k not in obs]
         if missing:
             raise KeyError(f"observation is missing keys {missing} (got {sorted(obs)})")
         feats = []
@@ -103,6 +116,12 @@ class ObsConditioner(nn.Module):
             f = self._image_encoder(k)(x.reshape(b * t_o, *x.shape[2:]))
             feats.append(f.reshape(b, t_o, -1))
             batch = b
+        for k in self.point_keys:
+            x = obs[k]
+            if x.ndim != 4 or x.shape[1] < t_o:
+                raise ValueError(f"'{k}' must be (B, T>={t_o}, N, C), got {tuple(x.shape)}")
+            feats.append(self.point_encoders[_mangle(k)](x[:, :t_o].float()))
+            batch = x.shape[0]
         if self.lowdim_keys:
             parts = []
             for k in self.lowdim_keys:

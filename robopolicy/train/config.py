@@ -28,6 +28,7 @@ class TaskConfig:
     env: str | None = None  # sim registry task for periodic evaluation (None: no sim evaluation)
     env_kwargs: dict[str, Any] = field(default_factory=dict)  # what the env must produce (obs_mode, image_size)
     max_episode_steps: int | None = None  # cap during evaluation; None: the task's limit
+    language: bool = False  # condition on the episode's instruction (obs["language"]; language-capable heads)
 
 
 @dataclass

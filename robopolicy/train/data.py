@@ -74,7 +74,7 @@ def spec_from_store(task: TaskConfig, store: EpisodeStore) -> PolicySpec:
         n_obs_steps=task.n_obs_steps,
         horizon=task.horizon,
         n_action_steps=task.n_action_steps,
-        language=False,
+        language=bool(task.language),
     )
 
 
@@ -84,6 +84,7 @@ def sequence_config(task: TaskConfig) -> SequenceConfig:
         horizon=task.horizon, n_action_steps=task.n_action_steps, val_ratio=task.val_ratio,
         split_seed=task.split_seed, max_train_episodes=task.max_train_episodes,
         image_crop=tuple(task.image_crop) if task.image_crop is not None else None,
+        language=bool(task.language),
     )
 
 

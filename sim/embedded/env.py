@@ -9,6 +9,8 @@
   (500 Hz physics).
 - observation (`gymnasium.spaces.Dict`): `state` float32 and, unless obs_mode="state", `images/front`,
   `images/wrist` uint8 [H, W, 3] (upright); with `depth=True` also `depth/<camera>` uint16 [H, W] (mm).
+  `camera_geometry(camera)` gives the intrinsics and base-frame extrinsics that turn that depth into a
+  point cloud (robopolicy.perception's env wrapper adds a `pointcloud` key from them).
   `state` ("full", 38-D) = arm joints (6), gripper width (1), EE position (3), EE quaternion wxyz (4),
   red, green, blue block poses (3 x 7: position, quaternion) and target position (3). With
   state_mode="proprio" it is the first 14 values only (what an image policy should see).
@@ -26,7 +28,7 @@ import numpy as np
 from gymnasium import spaces
 
 from sim.embedded.mjcf import BLOCK_HALF, FINGER_MAX
-from sim.embedded.render import CAMERAS, SceneRenderer
+from sim.embedded.render import CAMERAS, SceneRenderer, camera_geometry
 from sim.embedded.scene import (
     PHYSICS_DT,
     WORKSPACE_LOWER,
@@ -210,6 +212,16 @@ class EmbeddedEnv(gym.Env):
         self._renderer = self._video_renderer = None
 
     # ------------------------------------------------------------------ observations
+    # Crop box of point-cloud observations (base frame, m): the table top around the reachable area, up to
+    # above the raised gripper. Its floor is just under the table top so the flat target disc stays in.
+    pointcloud_workspace = ((0.15, -0.45, -0.005), (0.85, 0.45, 0.40))
+
+    def camera_geometry(self, camera: str) -> dict[str, np.ndarray | float]:
+        """K, base_from_camera (OpenCV axes) and depth_scale of `camera` at the current state (render.py)."""
+        if camera not in self.cameras:
+            raise KeyError(f"camera '{camera}' is not observed by this env (cameras={self.cameras})")
+        return camera_geometry(self.scene.model, self.scene.data, camera, *self.image_size)
+
     def full_state(self) -> np.ndarray:
         """The 38-D privileged state (float32), whatever the env's state_mode."""
         s = self.scene

@@ -22,6 +22,28 @@ def camera_intrinsics(model: mujoco.MjModel, camera: str, height: int, width: in
     return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
 
 
+def camera_geometry(model: mujoco.MjModel, data: mujoco.MjData, camera: str, height: int,
+                    width: int) -> dict[str, np.ndarray | float]:
+    """Intrinsics and extrinsics of a camera for back-projecting its depth into the world (= robot base) frame.
+
+    OpenCV conventions (what a calibrated RealSense gives): K with pixel centres at integer coordinates
+    (cx = (W - 1) / 2), and `base_from_camera` 4x4 with camera axes x right, y down, z forward. The arm's
+    base sits at the world origin, so world and base frames coincide. Read at the current state of `data`
+    (the wrist camera moves with the arm). depth_scale: metres per unit of `SceneRenderer.depth_mm`.
+    """
+    cam_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+    if cam_id < 0:
+        raise KeyError(f"no camera '{camera}' in the scene; cameras: {', '.join(CAMERAS)}")
+    f = 0.5 * height / np.tan(np.deg2rad(model.cam_fovy[cam_id]) / 2.0)
+    k = np.array([[f, 0.0, (width - 1) / 2.0], [0.0, f, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
+    # MuJoCo cameras look along -z with y up: flip y and z to get OpenCV axes.
+    rot = data.cam_xmat[cam_id].reshape(3, 3) @ np.diag([1.0, -1.0, -1.0])
+    t = np.eye(4)
+    t[:3, :3] = rot
+    t[:3, 3] = data.cam_xpos[cam_id]
+    return {"intrinsics": k, "base_from_camera": t, "depth_scale": 0.001}
+
+
 class SceneRenderer:
     """Renders named cameras of a model at one resolution; no shadows, reflections or skybox."""
 
