@@ -184,12 +184,13 @@ class DeploymentService:
     def start_episode(self, instruction: str | None = None, seed: int | None = None) -> dict[str, Any]:
         loop = self._require_loop()
         with self._lock:
+            # the e-stop first: right after one the loop may still be closing the episode it ended
+            if loop.safety.estopped:
+                raise ServiceError(f"e-stop is active ({loop.safety.estop_reason}); POST /reset first")
             if loop.running:
                 raise ServiceError("an episode is already running; stop it first")
             if self.checkpoint is None:
                 raise ServiceError("no policy loaded: POST /load a checkpoint first")
-            if loop.safety.estopped:
-                raise ServiceError(f"e-stop is active ({loop.safety.estop_reason}); POST /reset first")
             sim_language = self.robot.reset_scene(seed)
             language = instruction if instruction is not None else (sim_language or "")
             recorder = None
@@ -266,6 +267,10 @@ class DeploymentService:
     def reset(self, seed: int | None = None) -> dict[str, Any]:
         """Clear the e-stop and faults (no episode may be running); the simulator gets a new layout."""
         loop = self._require_loop()
+        # an e-stop ends the running episode from the loop thread: give it a moment to finish closing it
+        deadline = time.monotonic() + 2.0
+        while loop.running and loop.safety.estopped and time.monotonic() < deadline:
+            time.sleep(0.01)
         with self._lock:
             if loop.running:
                 raise ServiceError("an episode is running; stop it before reset")
