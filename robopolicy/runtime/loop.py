@@ -239,8 +239,8 @@ class ControlLoop:
         try:
             state = self.arm.read_state()
             self.adapter.send(self.arm, self.adapter.hold_command(state))
-        except HardwareError:
-            pass
+        except HardwareError as e:  # the arm is already failing: the fault path holds it; say so
+            log.warning("episode end (%s): could not send the hold command: %s", reason, e)
         if notify and self.on_episode_end is not None:
             self.on_episode_end(end)
         return end
