@@ -19,7 +19,7 @@ def load(path: str | Path, device: str = "cpu", seed: int | None = None, quantiz
         device: where the policy runs ("cpu", "cuda", "cuda:1").
         seed: seeds the agent's noise stream (reproducible sampling); None uses torch's global RNG.
         quantize: "int8" gives the UNet's convolutions int8 weights for CPU inference (robopolicy/nn/conv1d.py;
-            about 2x faster at paper sizes, see docs/results.md for the success it keeps); None: fp32.
+            3.5-4.7x faster than fp32 at paper sizes; docs/results.md has the success it keeps); None: fp32.
         **inference: the head's inference settings to change without retraining (e.g. num_inference_steps=10),
             passed to `policy.set_inference`.
     """
@@ -43,7 +43,9 @@ def load(path: str | Path, device: str = "cpu", seed: int | None = None, quantiz
             raise ValueError("quantize='int8' is a CPU inference mode; on a GPU use the fp32/AMP weights")
         from robopolicy.nn.conv1d import quantize_int8_
 
-        quantize_int8_(agent.policy)
+        if quantize_int8_(agent.policy) == 0:
+            raise ValueError(f"quantize='int8' applies to UNet heads; {type(agent.policy).__name__} has no UNet "
+                             "convolutions to quantize: load it without quantize")
     return agent
 
 
