@@ -231,3 +231,30 @@ def test_int8_inference_weights_close_to_fp32_and_refuse_training():
     net.eval()
     with torch.no_grad():
         torch.testing.assert_close(net(x, step, cond), ref)
+
+
+def test_load_with_int8_quantize_keeps_actions_close(tmp_path):
+    """robopolicy.load(path, quantize='int8'): the UNet's layers get int8 weights, the actions stay close."""
+    import numpy as np
+
+    import robopolicy
+    from robopolicy.data.normalizer import fit_normalizers
+    from robopolicy.nn.unet1d import unet_preset
+    from robopolicy.train.checkpoint import write_model_files
+
+    torch.manual_seed(0)
+    spec = PolicySpec(obs_shapes={"state": (3,)}, action_dim=2, n_obs_steps=2, horizon=8, n_action_steps=4)
+    policy = DiffusionPolicy(spec, DiffusionPolicy.Config(unet=unet_preset("tiny"), scheduler="ddim",
+                                                          num_inference_steps=4))
+    norm = fit_normalizers({"state": np.array([[-1, -1, -1], [1, 1, 1]], np.float32),
+                            "action": np.array([[-1, -1], [1, 1]], np.float32)}, {"state": "minmax", "action": "minmax"})
+    config = {"policy": {"name": "diffusion", "config": {"unet": {"down_dims": [32, 64], "diffusion_step_embed_dim": 32},
+                                                         "scheduler": "ddim", "num_inference_steps": 4}}}
+    write_model_files(tmp_path, policy, norm, config, {"spec": spec.to_json()})
+    obs = {"state": np.random.default_rng(0).uniform(-1, 1, (1, 2, 3)).astype(np.float32)}
+    fp32 = robopolicy.load(tmp_path, seed=0).act(obs)
+    int8 = robopolicy.load(tmp_path, seed=0, quantize="int8").act(obs)
+    assert fp32.shape == int8.shape and not np.array_equal(fp32, int8)
+    assert np.abs(fp32 - int8).max() < 0.1
+    with pytest.raises(ValueError, match="quantize must be"):
+        robopolicy.load(tmp_path, quantize="int4")
