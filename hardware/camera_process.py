@@ -47,7 +47,7 @@ def _child_main(spec: CameraSpec, n_slots: int, conn, stop_conn, poll_interval: 
         ring.set_intrinsics(cam.intrinsics())
         ring.write(first.color, first.timestamp, first.index, first.depth)
         ring.set_state(STATE_RUNNING)
-        conn.send(("ok", ring.name))
+        conn.send(("ok", ring.name, _static_geometry(cam)))
         conn.close()
         last = first.index
         if hasattr(cam, "add_frame_listener"):  # publish from the capture thread: no hop, no skipped frame
@@ -94,6 +94,18 @@ def _child_main(spec: CameraSpec, n_slots: int, conn, stop_conn, poll_interval: 
             ring.close()  # the parent unlinks
 
 
+def _static_geometry(cam: Camera) -> dict | str | None:
+    """The child camera's `camera_geometry()` (sent once: a process camera's mount is fixed), the message of
+    why it has none (e.g. no extrinsic calibration), or None when the driver has no such method."""
+    getter = getattr(cam, "camera_geometry", None)
+    if getter is None:
+        return None
+    try:
+        return dict(getter())
+    except Exception as e:  # reported when the parent asks for the geometry, not at start
+        return f"{type(e).__name__}: {e}"
+
+
 class ProcessCamera(Camera):
     """Runs a camera in its own process; `latest()` reads the newest frame from shared memory.
 
@@ -129,6 +141,7 @@ class ProcessCamera(Camera):
         self._stop_w = None
         self._ring: FrameRing | None = None
         self._K: np.ndarray | None = None
+        self._geometry: dict | str | None = None  # the child's camera_geometry() (or why it has none)
         self._cache: tuple | None = None  # (Frame, RingFrame) of the last copied read
 
     @property
@@ -163,7 +176,7 @@ class ProcessCamera(Camera):
                     f"camera '{self.name}': its process delivered no first frame within {self.start_timeout} s"
                 )
             try:
-                status, payload = parent_conn.recv()
+                status, payload, *rest = parent_conn.recv()
             except EOFError:
                 raise HardwareError(
                     f"camera '{self.name}': its process exited (code {self._proc.exitcode}) before the first frame"
@@ -173,6 +186,7 @@ class ProcessCamera(Camera):
                 raise DeviceNotFoundError(f"camera '{self.name}' failed to start in its process: {payload}")
             self._ring = FrameRing.attach(payload)
             self._K = self._ring.intrinsics()
+            self._geometry = rest[0] if rest else None
         except BaseException:
             self._shutdown_child()
             raise
@@ -206,6 +220,17 @@ class ProcessCamera(Camera):
     def intrinsics(self) -> np.ndarray:
         self._require_running()
         return self._K.copy()
+
+    def camera_geometry(self) -> dict:
+        """The wrapped camera's `camera_geometry()` (intrinsics, base_from_camera, depth_scale), read once
+        when its process started; raises ValueError with the driver's reason when it has none."""
+        self._require_running()
+        if isinstance(self._geometry, dict):
+            return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self._geometry.items()}
+        if self._geometry is None:
+            raise ValueError(f"camera '{self.name}': its driver reports no camera geometry (intrinsics + "
+                             "base_from_camera), so its depth cannot become base-frame points")
+        raise ValueError(f"camera '{self.name}': {self._geometry}")
 
     def latest(self, copy: bool = True) -> Frame:
         """The newest frame from shared memory (a private copy unless copy=False).

@@ -108,6 +108,8 @@ def make_fake_rs(serials=("111", "222"), depth_scale=0.001, domain="global_time"
 
     class Intr:
         fx, fy, ppx, ppy = 600.0, 601.0, 31.5, 23.5
+        width, height = W, H
+        model, coeffs = "distortion.inverse_brown_conrady", [0.0] * 5
 
     class Profile:
         def __init__(self, cfg):

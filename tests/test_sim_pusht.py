@@ -75,6 +75,37 @@ def test_full_state_is_agent_and_block_pose() -> None:
     np.testing.assert_allclose(obs["state"], expected, rtol=1e-6)
 
 
+def test_keypoints_state_tracks_the_block() -> None:
+    """The 20-D keypoints state is the agent plus 9 points rigidly attached to the T: pairwise distances
+    between keypoints are preserved as the block moves, and the points follow the block's pose."""
+    env = sim.make_env("pusht", obs_mode="state", state_mode="keypoints")
+    obs, _ = env.reset(seed=3)
+    assert obs["state"].shape == (20,) and env.observation_space["state"].shape == (20,)
+    task = env.unwrapped
+    np.testing.assert_allclose(obs["state"][:2], task.agent_position, rtol=1e-6)
+    first = obs["state"][2:].reshape(9, 2)
+    pose0 = task.block_pose.copy()
+    # Drive the block with the expert's plan on a twin env in full-state mode to get actions that push it.
+    twin = sim.make_env("pusht", obs_mode="state")
+    expert = sim.make_expert("pusht", twin)
+    twin_obs, twin_info = twin.reset(seed=3)
+    expert.reset(3)
+    for _ in range(80):
+        action = expert.act(twin_obs, twin_info)
+        twin_obs, *_, twin_info = twin.step(action)
+        obs, *_ = env.step(action)
+    moved = obs["state"][2:].reshape(9, 2)
+    assert np.linalg.norm(task.block_pose[:2] - pose0[:2]) > 5.0, "expert did not move the block"
+    assert np.abs(moved - first).max() > 5.0
+    dist = lambda p: np.linalg.norm(p[:, None] - p[None], axis=-1)  # noqa: E731
+    np.testing.assert_allclose(dist(moved), dist(first), atol=1e-3)
+    c, s = np.cos(task.block_pose[2]), np.sin(task.block_pose[2])
+    centroid_local = first.mean(0) - pose0[:2]
+    c0, s0 = np.cos(pose0[2]), np.sin(pose0[2])
+    local = np.array([[c0, s0], [-s0, c0]]) @ centroid_local  # world offset -> block frame
+    np.testing.assert_allclose(moved.mean(0), task.block_pose[:2] + np.array([[c, -s], [s, c]]) @ local, atol=1e-3)
+
+
 def test_seeded_reset_reproduces_exactly() -> None:
     a = sim.make_env("pusht", obs_mode="both")
     b = sim.make_env("pusht", obs_mode="both")

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from hardware.calibration import parse_base_from_camera
 from hardware.drivers._threaded_camera import ThreadedCamera
 from hardware.errors import DeviceNotFoundError
 
@@ -69,9 +70,10 @@ class RealSenseCamera(ThreadedCamera):
         global_time: ask the firmware for global timestamps (device clock mapped to the host clock).
         stall_timeout: `latest()` raises CameraStalledError when the newest frame is older than this (s).
         rs_module: the pyrealsense2 module (tests inject a fake).
-        base_from_camera: 4x4 extrinsic calibration, camera (OpenCV axes: x right, y down, z forward) to the
-            robot's base frame, e.g. from a hand-eye calibration; what `camera_geometry()` reports for turning
-            depth into base-frame points (robopolicy.perception). None: unknown (camera_geometry raises).
+        base_from_camera: extrinsic calibration, camera (OpenCV axes: x right, y down, z forward) to the
+            robot's base frame, e.g. from a hand-eye calibration: a 4x4 matrix or {position, quaternion (wxyz)
+            | quaternion_xyzw} (hardware/calibration.py); what `camera_geometry()` reports for turning depth
+            into base-frame points (robopolicy.perception). None: unknown (camera_geometry raises).
     """
 
     def __init__(
@@ -100,9 +102,8 @@ class RealSenseCamera(ThreadedCamera):
         self._align = None
         self._depth_scale_mm = 1.0  # multiply raw depth units by this to get millimetres
         self._K: np.ndarray | None = None
-        self.base_from_camera = None if base_from_camera is None else np.asarray(base_from_camera, dtype=np.float64)
-        if self.base_from_camera is not None and self.base_from_camera.shape != (4, 4):
-            raise ValueError(f"base_from_camera must be a 4x4 matrix, got shape {self.base_from_camera.shape}")
+        self.base_from_camera = parse_base_from_camera(base_from_camera, f"camera '{name}': base_from_camera")
+        self.distortion: tuple[str, list[float]] | None = None  # (model, coefficients) of the colour stream
         self.timestamp_domain: str | None = None
 
     def _describe(self) -> str:
@@ -146,8 +147,18 @@ class RealSenseCamera(ThreadedCamera):
             scale_m = float(device.first_depth_sensor().get_depth_scale())
             self._depth_scale_mm = scale_m * 1000.0
             self._align = rs.align(rs.stream.color)
+        # Depth is aligned to colour (rs.align above), so the colour stream's intrinsics are the ones of both
+        # `Frame.color` and `Frame.depth`; the depth sensor's own intrinsics describe the unaligned image.
         intr = profile.get_stream(rs.stream.color).as_video_stream_profile().get_intrinsics()
+        size = (getattr(intr, "width", self.width), getattr(intr, "height", self.height))
+        if tuple(int(v) for v in size) != (self.width, self.height):
+            raise DeviceNotFoundError(f"{self._describe()}: the colour stream's intrinsics are for {size[0]}x"
+                                      f"{size[1]}, not the {self.width}x{self.height} requested")
         self._K = np.array([[intr.fx, 0.0, intr.ppx], [0.0, intr.fy, intr.ppy], [0.0, 0.0, 1.0]])
+        # Back-projection is pinhole (no distortion): D4xx colour streams report zero coefficients. Kept so a
+        # camera that reports non-zero ones can be told apart (`distortion`).
+        coeffs = [float(c) for c in getattr(intr, "coeffs", ())]
+        self.distortion = (str(getattr(intr, "model", "none")).rsplit(".", 1)[-1], coeffs)
         self._pipeline = pipeline
 
     def _grab(self, timeout: float) -> tuple[np.ndarray, np.ndarray | None, float] | None:
@@ -193,9 +204,13 @@ class RealSenseCamera(ThreadedCamera):
     def camera_geometry(self) -> dict[str, Any]:
         """What depth -> base-frame points needs: K of the (colour-aligned) depth image, the extrinsic
         calibration base_from_camera, and depth_scale in metres per unit of `Frame.depth` (uint16 mm)."""
+        if not self.depth:
+            raise ValueError(f"{self._describe()} streams no depth: set `depth: true` in its camera config "
+                             "(configs/camera/realsense.yaml kwargs) to use it for point clouds")
         if self.base_from_camera is None:
-            raise ValueError(f"{self._describe()}: no extrinsic calibration; set base_from_camera (4x4, camera "
-                             "to robot base, OpenCV axes) in the camera config to use its depth as point clouds")
+            raise ValueError(f"{self._describe()}: no extrinsic calibration; set base_from_camera (a 4x4 matrix or "
+                             "{position: [x, y, z], quaternion: [w, x, y, z]}, camera to robot base, OpenCV axes) in "
+                             "its camera config (configs/camera/realsense.yaml kwargs) to use its depth as point clouds")
         return {"intrinsics": self.intrinsics(), "base_from_camera": self.base_from_camera.copy(),
                 "depth_scale": 0.001}
 

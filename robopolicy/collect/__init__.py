@@ -1,6 +1,9 @@
 """Teleop data collection (`robopolicy collect`) and episode review (`robopolicy collect review`).
 
 - session.py: CollectSession, the fixed-rate teleop + recording loop (library API, plain arguments);
+  command.py: teleop command -> EE target and recorded action; frames.py: dropped / stalled camera frames;
+  episodes.py: start / save / discard / abort an episode; records.py: recorded rows, attributes, results;
+  lifecycle.py: opening and closing the devices, Ctrl-C / SIGTERM;
 - keys.py: the key / device-button table; preview.py: live preview (window, headless files, none);
 - devices.py: devices by name (the simulated arm by default); scripted.py: a scripted TeleopDevice;
 - review.py: replay a recorded episode on the simulated arm, side-by-side video + tracking error.

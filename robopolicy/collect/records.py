@@ -1,15 +1,29 @@
-"""What a collection session records and reports: clocks, scenes, per-episode bookkeeping and outcomes."""
+"""What a collection session records and reports: clocks, scenes, per-episode bookkeeping and outcomes.
+
+Recorded keys (one row per step, :func:`step_row`):
+
+- ``timestamp`` float64: when the step's observation was assembled (session clock, monotonic);
+- ``state`` float32 [n_joints + 8]: joint positions, gripper width (m), EE position (m), EE quaternion
+  (w, x, y, z) -- for the embedded 6-DoF arm exactly the 14-D proprio state of the sim env;
+- ``action`` float32: ``action_mode=target`` [8]: the commanded EE position, quaternion and gripper width;
+  ``action_mode=delta`` [7]: the change of the commanded EE position and orientation (rotation vector)
+  since the previous step, and the gripper width;
+- ``images/<cam>`` uint8 [H, W, 3] (and ``depth/<cam>`` uint16 when the camera gives depth);
+- ``timestamps/<cam>`` float64: the capture time of that frame; ``timestamps/state``: when the state was
+  measured.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from hardware.arm import ArmState
+from hardware.camera import Frame
 
 ACTION_MODES = ("target", "delta")
 
@@ -99,6 +113,66 @@ def state_vector(s: ArmState) -> np.ndarray:
     """joints, gripper width, EE position, EE quaternion (float32)."""
     return np.concatenate([np.asarray(s.joint_positions, np.float64).reshape(-1), [s.gripper_width],
                            np.asarray(s.ee_pos, np.float64), np.asarray(s.ee_quat, np.float64)]).astype(np.float32)
+
+
+def step_row(t: float, state: ArmState, action: np.ndarray, frames: Mapping[str, Frame]) -> dict[str, Any]:
+    """One recorded step: the observation of this step and the action commanded at it (DESIGN.md: action_t
+    is what was sent after observing obs_t)."""
+    step: dict[str, Any] = {
+        "timestamp": np.float64(t),
+        "state": state_vector(state),
+        "action": action,
+        "timestamps/state": np.float64(state.timestamp),
+    }
+    for name, fr in frames.items():
+        step[f"images/{name}"] = fr.color
+        step[f"timestamps/{name}"] = np.float64(fr.timestamp)
+        if fr.depth is not None:
+            step[f"depth/{name}"] = fr.depth
+    return step
+
+
+def episode_attrs(*, task: str, language: str, robot: str, teleop: str, cameras: Sequence[str], fps: float,
+                  seed: int | None, action_mode: str, initial_target: list[float] | None) -> dict[str, Any]:
+    """The attributes a teleop episode starts with (success / aborted are filled in when it ends).
+
+    `initial_target` (delta mode only) is the commanded pose before the first delta, so the absolute
+    targets can be rebuilt from the recorded actions.
+    """
+    attrs: dict[str, Any] = {
+        "task": task,
+        "language": language,
+        "source": "teleop",
+        "robot": robot,
+        "teleop": teleop,
+        "cameras": list(cameras),
+        "fps": fps,
+        "seed": seed,
+        "action_mode": action_mode,
+        "state_layout": "joint_positions[n], gripper_width, ee_pos[3], ee_quat_wxyz[4]",
+        "action_layout": ("ee_pos[3], ee_quat_wxyz[4], gripper_width" if action_mode == "target"
+                          else "ee_dpos[3], ee_drot_rotvec[3], gripper_width"),
+        "success": None,
+        "aborted": False,
+    }
+    if action_mode == "delta":
+        attrs["initial_target"] = initial_target
+    return attrs
+
+
+def fill_timing(result: SessionResult, times: Sequence[float], busy: Sequence[float], wall_s: float,
+                fps: float) -> None:
+    """Write the loop's timing into `result`: `times` are the steps' session-clock times, `busy` the wall
+    seconds spent inside each step, `wall_s` the session's wall-clock duration."""
+    result.n_steps = len(times)
+    result.achieved_hz = _rate(times)
+    result.wall_hz = (len(times) / wall_s) if wall_s > 0 else 0.0
+    if busy:
+        result.step_ms_p50 = float(np.percentile(busy, 50) * 1000.0)
+        result.step_ms_p99 = float(np.percentile(busy, 99) * 1000.0)
+    if len(times) > 2:
+        dev = np.abs(np.diff(times) - 1.0 / fps)
+        result.period_p99_ms = float(np.percentile(dev, 99) * 1000.0)
 
 
 def _rate(times: Sequence[float]) -> float:

@@ -39,6 +39,8 @@ class RobotBundle:
     sim: Any = None  # the SimRobot when robot=sim
     sim_task: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # default point-cloud crop box (base frame, m): the simulated scene's; None on hardware (set in config)
+    pointcloud_workspace: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def connect(self) -> None:
         self.arm.connect()
@@ -99,7 +101,13 @@ def build_robot(robot: dict[str, Any], cameras: list[dict[str, Any]], state: str
     n_joints = int(arm.limits().n_joints) if sim is None else 6
     adapter = make_adapter(action_mode, n_joints=n_joints, **(action_kwargs or {}))
     state_fn = sim_full_state(sim) if state == "sim_full" else proprio_state
-    return RobotBundle(arm, cams, adapter, state_fn, state, sim, sim_task if sim is not None else None)
+    workspace = None
+    if sim is not None:
+        from sim.embedded.env import EmbeddedEnv
+
+        workspace = EmbeddedEnv.pointcloud_workspace  # what the embedded tasks' point clouds are cropped to
+    return RobotBundle(arm, cams, adapter, state_fn, state, sim, sim_task if sim is not None else None,
+                       pointcloud_workspace=workspace)
 
 
 def check_spec(policy_spec: dict[str, Any], robot_obs: dict[str, tuple[int, ...]], adapter: ActionAdapter,

@@ -42,6 +42,7 @@ class DeployConfig:
     action_mode: str = "ee_delta"  # ee_delta | ee_target | joint_target
     action_kwargs: dict[str, Any] = field(default_factory=dict)
     image_size: list[int] | None = None
+    pointcloud: dict[str, Any] | None = None  # PointCloudConfig entries over the checkpoint's (deploy/pointcloud.py)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     store: str | None = "data/deploy.zarr"
@@ -121,7 +122,8 @@ class DeploymentService:
     # ------------------------------------------------------------------ policy
     def load(self, path: str, sha256: str | None = None, inference: dict[str, Any] | None = None) -> dict[str, Any]:
         """Check and load a checkpoint into a fresh worker; refuses a spec or hash mismatch."""
-        from robopolicy.train.checkpoint import read_meta, resolve_checkpoint
+        from robopolicy.deploy.pointcloud import pointcloud_for_policy
+        from robopolicy.train.checkpoint import read_config, read_meta, resolve_checkpoint
 
         loop = self._require_loop()
         if loop.running:
@@ -132,7 +134,10 @@ class DeploymentService:
             raise ChecksumError(f"checkpoint {ckpt} has SHA-256 {digest}, not the expected {sha256}; refusing to "
                                 f"load it (copy it again, or pass the hash of the checkpoint you mean)")
         meta = read_meta(ckpt)
-        check_spec(meta["spec"], self.robot_obs, self.robot.adapter, str(ckpt))
+        # a `pointcloud` policy: built from the cameras' depth with the checkpoint's config (checked here)
+        points = pointcloud_for_policy(meta["spec"], read_config(ckpt), self.cfg.pointcloud, self.robot, str(ckpt))
+        robot_obs = dict(self.robot_obs) | ({"pointcloud": points.shape} if points is not None else {})
+        check_spec(meta["spec"], robot_obs, self.robot.adapter, str(ckpt))
         factory = CheckpointAgent(str(ckpt), self.cfg.device, None, dict(inference or {}), tuple(self.cfg.plugins))
         rt = self.cfg.runtime
         t0 = time.monotonic()
@@ -148,7 +153,9 @@ class DeploymentService:
             raise ChecksumError(f"checkpoint {ckpt} changed while it was being loaded; load it again")
         with self._lock:
             old = loop.worker
-            loop.set_policy(worker, agent, int(meta["spec"]["n_obs_steps"]), list(meta["spec"]["obs_shapes"]))
+            with loop.lock:  # one swap: no tick sees the new policy with the old observation keys
+                loop.assembler.pointcloud = points
+                loop.set_policy(worker, agent, int(meta["spec"]["n_obs_steps"]), list(meta["spec"]["obs_shapes"]))
             if old is not None:
                 old.stop()
             self.checkpoint = {"path": str(ckpt), "sha256": digest, "policy": meta.get("policy"),

@@ -5,6 +5,8 @@
 - pointcloud.py: `PointCloudConfig` and `pointcloud_from_frame`, the one function that recording,
   training and deployment call, so that every path builds identical point clouds from the same frame.
 - env.py: a gymnasium wrapper adding the `pointcloud` key to an env's observations, and `make_env`.
+- cameras.py: the same key from running cameras' frames (`CameraPointCloud`: the runtime's path; RealSense
+  geometry from its intrinsics and the configured hand-eye calibration).
 """
 
 from robopolicy.perception.geometry import CameraGeometry, depth_to_points, opencv_from_opengl

@@ -65,6 +65,11 @@ def depth_to_points(depth: np.ndarray, camera: CameraGeometry, rgb: np.ndarray |
     depth = np.asarray(depth)
     if depth.ndim != 2:
         raise ValueError(f"depth must be [H, W], got shape {depth.shape}")
+    if np.issubdtype(depth.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(depth)))
+        if bad:  # NaN would silently fall out of the depth range test below: say what the driver must do
+            raise ValueError(f"depth has {bad} non-finite values (NaN / inf); mark pixels without a measurement "
+                             "with 0 (the uint16 millimetre convention of Frame.depth)")
     h, w = depth.shape
     if rgb is not None and np.shape(rgb) != (h, w, 3):
         raise ValueError(f"rgb must be [H, W, 3] aligned with the depth image {depth.shape}, got {np.shape(rgb)}")

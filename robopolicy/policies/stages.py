@@ -5,7 +5,7 @@ A head may define
                                                                   total_steps (trainer.steps)
     set_training_stage(name: str) -> None                        what compute_loss optimises from now on
 The trainer runs the stages in order with one optimizer and LR schedule per stage over that stage's
-parameters, records the stage in every checkpoint and resumes inside the right one (robopolicy/train/trainer.py).
+parameters, records the stage in every checkpoint and resumes inside the right one (robopolicy/train/staging.py).
 """
 
 from __future__ import annotations

@@ -9,18 +9,14 @@ Exact resume: `last/train_state/` holds the raw weights, optimizer, scheduler, E
 position (epoch, batch) and every process's RNG states, saved at step boundaries. Validation and sim
 evaluation run with isolated RNGs, so they do not shift the training noise.
 
-Multi-stage heads (`training_stages`, robopolicy/policies/stages.py, e.g. CARP): the stages run in order,
-each with its own optimizer and LR schedule over its own parameters; entering a stage copies the EMA
-weights of the parameters it does not train into the raw model (they are final from then on) and restarts
-the EMA warm-up. Checkpoints record the stage and resume continues inside it. Sim evaluation and best/
-only run in the last stage (earlier stages do not yield a policy).
+Multi-stage heads (`training_stages`, e.g. CARP): staging.py. Resume source, best/ choice and the collective
+save: run_checkpoints.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import shutil
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -36,7 +32,6 @@ from robopolicy.policies.registry import (
     get_policy_class,
     validate_policy_config,
 )
-from robopolicy.policies.stages import check_stages, stage_index_at, stage_parameters
 from robopolicy.train import checkpoint as ckpt
 from robopolicy.train.config import TaskConfig, TrainerConfig
 from robopolicy.train.data import make_datasets, make_loader, open_store, spec_from_store
@@ -44,6 +39,13 @@ from robopolicy.train.ema import EMA
 from robopolicy.train.evaluation import normalize_batch, sim_evaluation, validation_loss
 from robopolicy.train.monitor import TrainMonitor
 from robopolicy.train.optim import make_lr_scheduler, make_optimizer
+from robopolicy.train.run_checkpoints import (
+    best_candidate,
+    check_resume_source,
+    resume_path,
+    save_collectively,
+)
+from robopolicy.train.staging import StagedTraining
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ class Trainer:
 
             get_task(task.env)  # unknown task names fail here, not after hours of training
         self.out_dir = Path(cfg.out_dir)
-        self.resume_from = self._resume_path()
+        self.resume_from = resume_path(self.out_dir, cfg.resume)
         self._git_revision = ckpt.git_revision()
         self.run_config = run_config or {
             "task": dataclasses.asdict(task), "policy": {"name": policy_name, "config": self.policy_cfg_dict},
@@ -107,21 +109,6 @@ class Trainer:
             raise PolicyConfigError(f"policy '{self.policy_name}' cannot be built for this task: {msg}") from e
         except Exception as e:  # some constructors need real tensors; the real build in _setup will tell
             log.debug("meta-device construction of %s skipped: %s", self.policy_cls.__name__, e)
-
-    def _resume_path(self) -> Path | None:
-        r = self.cfg.resume
-        if r is False or r is None or r == "":
-            if (self.out_dir / "last").exists():
-                log.warning("%s/last exists and resume is off: training starts from scratch and will overwrite it",
-                            self.out_dir)
-            return None
-        path = self.out_dir / "last" if r is True or str(r).lower() == "true" else Path(str(r))
-        try:
-            return ckpt.resolve_checkpoint(path)
-        except ckpt.CheckpointError:
-            if r is True or str(r).lower() == "true":
-                return None  # resume=true on a fresh out_dir: start from scratch
-            raise
 
     # ------------------------------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -151,11 +138,9 @@ class Trainer:
             actions = torch.from_numpy(self.train_ds.lowdim_frames(self.task.action_key)).to(acc.device)
             fit_actions(self.normalizer[self.task.action_key](actions))
         self.ema = EMA(self.policy, cfg.ema_power, cfg.ema_min_decay, cfg.ema_max_decay) if cfg.ema else None
-        self.stages = (check_stages(self.policy, self.policy.training_stages(cfg.steps), cfg.steps)
-                       if hasattr(self.policy, "training_stages") else None)
-        self.stage_index = 0
-        if self.stages is not None:
-            self.optimizer, self.scheduler = self._stage_optimizer(0)
+        self.staging = StagedTraining.of(self.policy, cfg.steps)
+        if self.staging is not None:
+            self.optimizer, self.scheduler = self.staging.make_optimizer(0, self.policy, self.ema, cfg)
         else:
             self.optimizer = make_optimizer(self.policy, cfg)
             self.scheduler = make_lr_scheduler(self.optimizer, cfg)
@@ -180,26 +165,14 @@ class Trainer:
     def _load_resume_state(self, path: Path) -> None:
         from safetensors.torch import load_model
 
-        meta = ckpt.read_meta(path)
-        previous = ckpt.read_config(path).get("policy")
-        current = ckpt._plain(self.run_config.get("policy"))
-        if previous != current:
-            raise PolicyConfigError(f"cannot resume from {path}: it was trained with policy {previous}, this run "
-                                    f"asks for {current}")
-        if meta.get("dataset", {}).get("fingerprint") != self.train_ds.fingerprint:
-            log.warning("resuming from %s, which was trained on a different dataset (fingerprint mismatch)", path)
+        check_resume_source(path, self.run_config, self.train_ds.fingerprint)
         state, rng = ckpt.load_train_state(path, self.policy, self.acc.process_index)
         if self.ema is not None:
             load_model(self.ema.averaged, str(path / ckpt.MODEL_FILE))
             self.ema.load_state_dict(state["ema"])
         same_stage = True
-        if self.stages is not None:
-            plan = [[st.name, st.steps] for st in self.stages]
-            if state.get("stages") is not None and state["stages"] != plan:
-                raise PolicyConfigError(f"cannot resume from {path}: its stage plan {state['stages']} differs from "
-                                        f"this run's {plan} (trainer.steps changed?)")
-            index = stage_index_at(self.stages, int(state["step"]))
-            same_stage = state.get("stage") in (None, self.stages[index].name)  # else: saved at a stage's end
+        if self.staging is not None:
+            index, same_stage = self.staging.resume_index(state, path)  # not same: saved at a stage's end
             self._enter_stage(index, fresh=not same_stage)
         if same_stage:
             self._raw_optimizer().load_state_dict(state["optimizer"])
@@ -219,46 +192,27 @@ class Trainer:
             log.warning("no RNG state for process %d in %s: its noise stream restarts", self.acc.process_index, path)
 
     # ------------------------------------------------------------------------------------------ stages
-    def _stage_optimizer(self, index: int) -> tuple[torch.optim.Optimizer, Any]:
-        """AdamW + LR schedule over stage `index`'s parameters and steps (warm-up capped at a fifth of them)."""
-        stage = self.stages[index]
-        for module in (self.policy, self.ema.averaged if self.ema is not None else None):
-            if module is not None:
-                module.set_training_stage(stage.name)
-        cfg = dataclasses.replace(self.cfg, steps=stage.steps, lr=stage.lr or self.cfg.lr,
-                                  warmup_steps=min(self.cfg.warmup_steps, stage.steps // 5))
-        params = stage_parameters(self.policy, stage)
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                                      weight_decay=cfg.weight_decay)
-        return optimizer, make_lr_scheduler(optimizer, cfg)
-
     def _enter_stage(self, index: int, fresh: bool) -> None:
         """Switch to stage `index`; `fresh` (a stage starting now, not a resume inside it) also fixes the
-        parameters it does not train at their EMA values and restarts the EMA warm-up."""
+        parameters it does not train at their EMA values, restarts the EMA warm-up and the best/ record."""
         if fresh and self.ema is not None:
-            trainable = {id(p) for p in stage_parameters(self.policy, self.stages[index])}
-            averaged = dict(self.ema.averaged.named_parameters())
-            with torch.no_grad():
-                for name, p in self.policy.named_parameters():
-                    if id(p) not in trainable:
-                        p.copy_(averaged[name])
-            self.ema.step = 0
+            self.staging.fix_untrained(index, self.policy, self.ema)
         if fresh:
-            self.best_value = None
-        optimizer, self.scheduler = self._stage_optimizer(index)
+            self.best_value = None  # an earlier stage's best is not a policy of this one
+        optimizer, self.scheduler = self.staging.make_optimizer(index, self.policy, self.ema, self.cfg)
         self.optimizer = self.acc.prepare(optimizer)
-        self.stage_index = index
+        self.staging.index = index
 
     def _advance_stage(self, monitor: TrainMonitor) -> None:
-        index = stage_index_at(self.stages, self.step)
-        if index != self.stage_index:
+        index = self.staging.index_at(self.step)
+        if index != self.staging.index:
             self._enter_stage(index, fresh=True)
-            monitor.message(f"step {self.step}: training stage '{self.stages[index].name}' "
-                            f"({self.stages[index].steps} steps)")
+            stage = self.staging.stages[index]
+            monitor.message(f"step {self.step}: training stage '{stage.name}' ({stage.steps} steps)")
 
     @property
     def _in_final_stage(self) -> bool:
-        return self.stages is None or self.stage_index == len(self.stages) - 1
+        return self.staging is None or self.staging.is_final
 
     def _raw_optimizer(self) -> torch.optim.Optimizer:
         return getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's AcceleratedOptimizer wraps it
@@ -281,7 +235,7 @@ class Trainer:
             while self.step < end:
                 self._start_epoch()
                 for batch in self.train_loader:
-                    if self.stages is not None:
+                    if self.staging is not None:
                         self._advance_stage(monitor)
                     out = self._train_step(batch)
                     self.step += 1
@@ -369,43 +323,19 @@ class Trainer:
             self.metrics.update(new)
             monitor.log(step, new)
             monitor.message(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in new.items()))
-        improved = self._best_candidate(new) if self._in_final_stage else None
+        improved = (best_candidate(new, self.best_value, cfg.best_metric, cfg.eval_every, self.val_loader is not None,
+                                   self.acc, self.is_main) if self._in_final_stage else None)
         if improved is not None:
             self.best_value = improved
             self._save(self.out_dir / "best", with_train_state=False)
         if final or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
             self._save(self.out_dir / "last", with_train_state=True)
 
-    def _best_candidate(self, new: dict[str, float]) -> tuple[float, ...] | None:
-        """The new best-metric value (bigger is better) if `new` improves on the best so far (main process)."""
-        metric = self.cfg.best_metric
-        if metric == "auto":
-            metric = "success_rate" if self.cfg.eval_every else ("val_loss" if self.val_loader is not None else "")
-        key = {"success_rate": "eval/success_rate", "score_mean": "eval/score_mean", "val_loss": "val/loss"}.get(metric)
-        flag = torch.zeros(1, device=self.acc.device)
-        value: tuple[float, ...] | None = None
-        if self.is_main and key in new:
-            if metric == "success_rate":
-                value = (new[key], new.get("eval/score_mean", 0.0))
-            elif metric == "score_mean":
-                value = (new[key],)
-            else:
-                value = (-new[key],)
-            if self.best_value is None or value > self.best_value:
-                flag += 1
-        if self.acc.num_processes > 1:  # every process must enter _save together
-            flag = self.acc.reduce(flag, reduction="sum")
-        if float(flag) > 0:
-            return value if value is not None else (math.nan,)
-        return None
-
     def _save(self, final: Path, with_train_state: bool) -> None:
+        """Write best/ (weights only) or last/ (with the train state); every process must call it."""
         acc = self.acc
-        if self.is_main:
-            ckpt.begin(final)
-        acc.wait_for_everyone()
-        tmp = ckpt.staging_dir(final)
-        if self.is_main:
+
+        def write(tmp: Path) -> None:  # main process only
             ckpt.write_model_files(tmp, self.eval_policy, self.normalizer.cpu(), self.run_config, self._meta())
             self.normalizer.to(acc.device)
             if with_train_state:
@@ -419,12 +349,8 @@ class Trainer:
                 })
             else:
                 shutil.rmtree(tmp / ckpt.TRAIN_STATE_DIR)
-        if with_train_state:
-            ckpt.write_rng_state(tmp, acc.process_index)
-        acc.wait_for_everyone()
-        if self.is_main:
-            ckpt.commit(final)
-        acc.wait_for_everyone()
+
+        save_collectively(acc, final, self.is_main, write, with_train_state)
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -440,9 +366,7 @@ class Trainer:
         }
 
     def _stage_state(self) -> dict[str, Any]:
-        if self.stages is None:
-            return {}
-        return {"stage": self.stages[self.stage_index].name, "stages": [[s.name, s.steps] for s in self.stages]}
+        return self.staging.record() if self.staging is not None else {}
 
     def _write_run_files(self) -> None:
         from omegaconf import OmegaConf

@@ -26,7 +26,7 @@ from hardware.camera import Camera, Frame
 from hardware.errors import DeviceAlreadyConnectedError, HardwareError
 from sim.embedded.mjcf import FINGER_MAX
 from sim.embedded.physics import MAX_EE_SPEED, MAX_JOINT_VELOCITY, SimClock, SimRobot
-from sim.embedded.render import CAMERAS, SceneRenderer, camera_intrinsics
+from sim.embedded.render import CAMERAS, SceneRenderer, camera_geometry, camera_intrinsics
 from sim.embedded.scene import WORKSPACE_LOWER, WORKSPACE_UPPER
 
 __all__ = ["SimArm", "SimCamera", "SimClock", "SimRobot"]
@@ -195,6 +195,13 @@ class SimCamera(Camera):
     def intrinsics(self) -> np.ndarray:
         """3x3 K of the rendered image."""
         return camera_intrinsics(self.robot.scene.model, self.name, self.height, self.width)
+
+    def camera_geometry(self) -> dict[str, np.ndarray | float]:
+        """K, base_from_camera (OpenCV axes) and depth_scale of this camera at the scene's current state,
+        as `EmbeddedEnv.camera_geometry` gives them (the wrist camera's pose is read now, not at the frame)."""
+        with self.robot.lock:
+            return camera_geometry(self.robot.scene.model, self.robot.scene.data, self.name, self.height,
+                                   self.width)
 
     def latest(self, timeout: float = 5.0) -> Frame:
         """The newest frame; blocks until the first frame exists (or, stepped on demand, until the

@@ -25,6 +25,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from sim.pusht.geometry import T_OUTLINE, to_world
 from sim.sizes import parse_image_size
 
 with warnings.catch_warnings():
@@ -39,7 +40,11 @@ FPS = 10.0
 BOARD_SIZE = 512.0
 CAMERA = "top"
 OBS_MODES = ("state", "pixels", "both")
-STATE_MODES = ("full", "agent")
+STATE_MODES = ("full", "agent", "keypoints")
+# Points on the T (block frame) whose world positions form the "keypoints" state: the 8 outline corners and a
+# point on the stem's axis, as Diffusion Policy's pusht low-dim task (9 keypoints + agent = 20-D). Unlike the
+# angle in the "full" state they have no wrap-around at 0 / 2 pi, which a regressor on raw angles trips on.
+KEYPOINTS_LOCAL = np.concatenate([T_OUTLINE, np.array([[0.0, 60.0]])])
 
 
 class PushTTask(gym.Env):
@@ -51,7 +56,9 @@ class PushTTask(gym.Env):
         render_mode: None or "rgb_array" (`render()` returns a `render_size` frame with the action marked).
         state_mode: "full" = [agent_x, agent_y, block_x, block_y, block_angle] (5-D, gym-pusht's state obs);
             "agent" = [agent_x, agent_y] (2-D proprioception, what Diffusion Policy's image task and LeRobot's
-            pusht dataset use, so that an image policy cannot read the block pose from the state).
+            pusht dataset use, so that an image policy cannot read the block pose from the state);
+            "keypoints" = [agent_x, agent_y, 9 block keypoints (x, y)] (20-D, Diffusion Policy's pusht
+            low-dim observation).
             Default: "agent" for obs_mode="pixels", "full" otherwise.
         success_threshold: coverage at or above which the episode is a success.
         max_episode_steps: truncation horizon.
@@ -106,6 +113,8 @@ class PushTTask(gym.Env):
         obs_spaces: dict[str, spaces.Space] = {}
         if state_mode == "full":
             high = np.array([BOARD_SIZE, BOARD_SIZE, BOARD_SIZE, BOARD_SIZE, 2 * math.pi], dtype=np.float32)
+        elif state_mode == "keypoints":
+            high = np.full(2 + 2 * len(KEYPOINTS_LOCAL), BOARD_SIZE, dtype=np.float32)
         else:
             high = np.array([BOARD_SIZE, BOARD_SIZE], dtype=np.float32)
         obs_spaces["state"] = spaces.Box(low=np.zeros_like(high), high=high, dtype=np.float32)
@@ -156,6 +165,9 @@ class PushTTask(gym.Env):
                 [agent.x, agent.y, block.position.x, block.position.y, block.angle % (2 * math.pi)],
                 dtype=np.float32,
             )
+        elif self.state_mode == "keypoints":
+            keypoints = to_world(KEYPOINTS_LOCAL, self.block_pose)
+            state = np.concatenate([[agent.x, agent.y], keypoints.reshape(-1)]).astype(np.float32)
         else:
             state = np.array([agent.x, agent.y], dtype=np.float32)
         obs = {"state": state}
