@@ -41,9 +41,12 @@ options (defaults in configs/collect_teleop.yaml):
   camera_timeout=1.0        seconds without a new frame before a camera counts as stalled (episode aborted)
   terminal_keys=auto        read keys from the terminal (auto: when stdin is a TTY and teleop!=keyboard)
   script.endings=[success]  teleop=scripted: one scripted episode per ending; script.steps=20
+  pointcloud=null           record `pointcloud` (float32 [N, 3|6], base frame) from depth cameras, built like the
+                            sim recorder and the daemon build it: pointcloud='{cameras: [front], num_points: 512}'
+                            (PointCloudConfig fields; real cameras: depth: true and workspace_lower/upper)
 
 recorded per step: timestamp, state (joints, gripper width, EE position, EE quaternion), action,
-images/<cam>, timestamps/<cam> (frame capture time), timestamps/state.
+images/<cam>, timestamps/<cam> (frame capture time), timestamps/state; depth/<cam> and pointcloud when on.
 episode attributes: task, language, success, aborted, end_reason, seed, dropped_frames, achieved_hz, ...
 
 review: replays the episode's actions on the simulated arm from its seed and writes an mp4 with the
@@ -92,7 +95,8 @@ def _collect(cfg: Any) -> int:
             max_steps=None if cfg.max_steps is None else int(cfg.max_steps), auto_start=bool(cfg.auto_start),
             camera_timeout=float(cfg.camera_timeout), terminal_keys=str(cfg.terminal_keys),
             script=_plain(cfg.script), robot_args=_plain(cfg.robot_args), camera_args=_plain(cfg.camera_args),
-            teleop_args=_plain(cfg.teleop_args), log=lambda s: print(s, flush=True),
+            teleop_args=_plain(cfg.teleop_args), pointcloud=_plain(cfg.get("pointcloud")),
+            log=lambda s: print(s, flush=True),
         )
     except (ValueError, FileExistsError) as e:  # bad options, or a store recorded with other keys / fps
         print(f"error: {e}", file=sys.stderr)

@@ -3,7 +3,8 @@
 - session.py: CollectSession, the fixed-rate teleop + recording loop (library API, plain arguments);
   command.py: teleop command -> EE target and recorded action; frames.py: dropped / stalled camera frames;
   episodes.py: start / save / discard / abort an episode; records.py: recorded rows, attributes, results;
-  lifecycle.py: opening and closing the devices, Ctrl-C / SIGTERM;
+  lifecycle.py: opening and closing the devices, Ctrl-C / SIGTERM; pointclouds.py: the optional `pointcloud`
+  key, built from each step's frames by the deployment daemon's builder;
 - keys.py: the key / device-button table; preview.py: live preview (window, headless files, none);
 - devices.py: devices by name (the simulated arm by default); scripted.py: a scripted TeleopDevice;
 - review.py: replay a recorded episode on the simulated arm, side-by-side video + tracking error.
@@ -49,9 +50,15 @@ def collect_teleop(
     robot_args: dict | None = None,
     camera_args: dict | None = None,
     teleop_args: dict | None = None,
+    pointcloud: dict[str, Any] | bool | None = None,
     log=print,
 ) -> SessionResult:
-    """Build the devices, the store and the preview, run one CollectSession, return its result."""
+    """Build the devices, the store and the preview, run one CollectSession, return its result.
+
+    `pointcloud` (PointCloudConfig fields; None: off) records a `pointcloud` key built from the named cameras'
+    depth (collect/pointclouds.py). robot=sim turns depth on for those cameras and crops to the embedded
+    scene's box by default; real cameras need `depth: true` in their config and workspace_lower/upper set.
+    """
     import sys
 
     from robopolicy.collect.devices import make_devices
@@ -59,13 +66,24 @@ def collect_teleop(
     from robopolicy.collect.preview import make_preview
     from robopolicy.data.episode_store import EpisodeStore
 
+    pc_cameras, workspace = (), None
+    if pointcloud:
+        from robopolicy.perception.cameras import runtime_pointcloud_config
+
+        if robot == "sim":
+            from sim.embedded.env import EmbeddedEnv
+
+            workspace = EmbeddedEnv.pointcloud_workspace  # the crop box of the sim recorder's point clouds
+        # validated before the store or a device is touched (unknown option, no crop box on hardware)
+        pc_cameras = runtime_pointcloud_config({} if pointcloud is True else pointcloud, workspace).cameras
     store = EpisodeStore.open_or_create(out, fps=fps)
     teleop_args = dict(teleop_args or {})
     if teleop == "keyboard" and "backend" not in teleop_args and not _has_display():
         # no desktop session for a global key listener: keys come from the terminal / preview instead
         teleop_args["backend"] = "manual"
     dev = make_devices(robot, teleop, task, cameras, image_size, camera_fps, realtime, seed,
-                       robot_args=robot_args, camera_args=camera_args, teleop_args=teleop_args, script=script)
+                       robot_args=robot_args, camera_args=camera_args, teleop_args=teleop_args, script=script,
+                       sim_depth=pc_cameras)
     if preview_dir is None:
         preview_dir = Path(str(out).rstrip("/") + ".preview")
     pv = make_preview(preview, preview_dir, every_s=preview_every, video=preview_video, fps=fps)
@@ -79,7 +97,7 @@ def collect_teleop(
         dev.arm, dev.cameras, dev.teleop, store, fps=fps, task=task, language=language, robot_name=robot,
         scene=dev.scene, clock=dev.clock, seed=seed, episodes=episodes, on_abort=on_abort, preview=pv,
         action_mode=action_mode, max_steps=max_steps, auto_start=auto_start, camera_timeout=camera_timeout,
-        key_source=keys, log=log,
+        key_source=keys, pointcloud=pointcloud, pointcloud_workspace=workspace, log=log,
     )
     if pv.mode == "file":
         log(f"preview: {Path(preview_dir) / 'latest.png'} (refreshed every {preview_every:g} s)"

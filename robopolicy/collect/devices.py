@@ -65,15 +65,17 @@ def _registry():
 
 
 def make_sim_devices(task: str, cameras: Sequence[str] = ("front", "wrist"), image_size=(96, 96),
-                     camera_fps: float = 30.0, realtime: bool = True, seed: int = 0) -> Devices:
-    """SimArm + SimCameras over one SimRobot on the embedded scene of `task`."""
+                     camera_fps: float = 30.0, realtime: bool = True, seed: int = 0,
+                     depth: Sequence[str] = ()) -> Devices:
+    """SimArm + SimCameras over one SimRobot on the embedded scene of `task`; the cameras named in `depth`
+    also render depth (uint16 mm), e.g. those a `pointcloud` is built from."""
     from sim.embedded.robot import SimArm, SimCamera, SimRobot
 
     family = sim_family(task)
     h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     robot = SimRobot(realtime=realtime, seed=seed, task=family)
     arm = SimArm(robot)
-    cams = [SimCamera(robot, c, height=h, width=w, fps=camera_fps) for c in cameras]
+    cams = [SimCamera(robot, c, height=h, width=w, fps=camera_fps, depth=c in depth) for c in cameras]
     return Devices(arm=arm, cameras=cams, teleop=None, scene=SimScene(robot, family),
                    clock=None if realtime else robot.clock, robot=robot)
 
@@ -115,15 +117,17 @@ def make_teleop(name: str, script: dict[str, Any] | None = None, **kwargs: Any) 
 def make_devices(robot: str, teleop: str, task: str, cameras: Sequence[str] = ("front", "wrist"),
                  image_size=(96, 96), camera_fps: float = 30.0, realtime: bool = True, seed: int = 0,
                  robot_args: dict | None = None, camera_args: dict | None = None,
-                 teleop_args: dict | None = None, script: dict | None = None) -> Devices:
+                 teleop_args: dict | None = None, script: dict | None = None,
+                 sim_depth: Sequence[str] = ()) -> Devices:
     """All devices of a session.
 
-    robot=sim: the embedded scene; `cameras` are its camera names (front, wrist). Otherwise `robot` and every
-    camera name is a device config (configs/robot/<name>.yaml, configs/camera/<name>.yaml) or a registry
-    name of hardware.registry, with `robot_args` / `camera_args[name]` as keyword overrides.
+    robot=sim: the embedded scene; `cameras` are its camera names (front, wrist), those in `sim_depth` with
+    depth. Otherwise `robot` and every camera name is a device config (configs/robot/<name>.yaml,
+    configs/camera/<name>.yaml) or a registry name of hardware.registry, with `robot_args` /
+    `camera_args[name]` as keyword overrides (depth comes from the camera's config: `depth: true`).
     """
     if robot == "sim":
-        dev = make_sim_devices(task, cameras, image_size, camera_fps, realtime, seed)
+        dev = make_sim_devices(task, cameras, image_size, camera_fps, realtime, seed, depth=sim_depth)
     else:
         dev = Devices(arm=_make("arm", "robot", robot, dict(robot_args or {})),
                       cameras=[_make("camera", "camera", c, dict((camera_args or {}).get(c, {}))) for c in cameras],

@@ -72,6 +72,26 @@ def action_for_button(name: str) -> str | None:
     return BUTTON_ALIASES.get(name)
 
 
+def route_keys(dev, names) -> list[str]:
+    """The actions of keys from the preview window or the terminal.
+
+    A keyboard teleop device (one with `buttons`, `moves` and a manual backend, like
+    hardware.drivers.keyboard) gets every key as a tap and reports its own buttons at its next poll; only
+    the keys it does not claim (reset, quit) become actions here, so no key fires twice.
+    """
+    keyboard = isinstance(getattr(dev, "buttons", None), dict) and isinstance(getattr(dev, "moves", None), dict)
+    actions = []
+    for name in names:
+        if keyboard and getattr(dev, "backend", None) == "manual" and hasattr(dev, "tap"):
+            dev.tap(name)
+        claimed = keyboard and (name in dev.buttons or name in dev.moves
+                                or name == getattr(dev, "gripper_key", None))
+        action = None if claimed else action_for_key(name)
+        if action is not None:
+            actions.append(action)
+    return actions
+
+
 class ButtonEdges:
     """Turns device button states into actions on the press (rising edge) only."""
 

@@ -10,7 +10,8 @@ One loop iteration (one control step, on the session's clock):
 4. turn the command into an end-effector target (a delta is added to the previous target, kept within
    `max_lead` of the measured pose) and command the arm and gripper (command.py);
 5. while recording, append the step to the EpisodeStore: observation of this step + the action commanded
-   at it (DESIGN.md: action_t is what was sent after observing obs_t; the recorded keys: records.py);
+   at it (DESIGN.md: action_t is what was sent after observing obs_t; the recorded keys: records.py), and
+   with a `pointcloud` config the point cloud of this step's frames (pointclouds.py);
 6. draw the preview; sleep until the next tick (a fixed schedule; a late step skips ahead instead of racing).
 
 Safety of the data: an episode is only part of the store once saved (EpisodeStore commits atomically).
@@ -35,8 +36,9 @@ from hardware.teleop import TeleopDevice
 from robopolicy.collect.command import TargetTracker
 from robopolicy.collect.episodes import EpisodeBook
 from robopolicy.collect.frames import FrameWatch
-from robopolicy.collect.keys import ButtonEdges, action_for_key
+from robopolicy.collect.keys import ButtonEdges, route_keys
 from robopolicy.collect.lifecycle import close_devices, hold_arm, install_stop_signals, open_devices
+from robopolicy.collect.pointclouds import check_store_pointcloud, make_session_pointcloud
 from robopolicy.collect.preview import Preview, PreviewStatus
 from robopolicy.collect.records import (
     ACTION_MODES,
@@ -78,6 +80,9 @@ class CollectSession:
         camera_timeout: seconds without a new frame before a camera counts as stalled.
         max_lead: how far (m) a delta target may run ahead of the measured EE position.
         key_source: an object with poll() -> list of key names (e.g. TerminalKeys), or None.
+        pointcloud: PointCloudConfig fields (or a PointCloudConfig) to record a `pointcloud` key from the
+            cameras' depth, None: off; its cameras are checked (depth, geometry) before the first episode.
+        pointcloud_workspace: the crop box (lower xyz, upper xyz) when `pointcloud` sets none (sim's default).
         handle_signals: catch SIGINT / SIGTERM (main thread only) to end the session cleanly.
         log: where progress lines go.
     """
@@ -105,6 +110,8 @@ class CollectSession:
         camera_timeout: float = 1.0,
         max_lead: float = 0.05,
         key_source: Any = None,
+        pointcloud: Any = None,
+        pointcloud_workspace: tuple | None = None,
         handle_signals: bool = True,
         log: Callable[[str], None] = print,
     ) -> None:
@@ -122,7 +129,9 @@ class CollectSession:
         if abs(float(store.fps) - float(fps)) > 1e-9 and store.n_episodes:
             raise ValueError(f"the store at {store.path} was recorded at {store.fps:g} fps; record at that rate "
                              f"(fps={store.fps:g}) or write to a new store")
-        _check_store_keys(store, names, action_mode)
+        self._points = make_session_pointcloud(pointcloud, cameras, pointcloud_workspace)
+        _check_store_keys(store, names, action_mode, self._points.shape if self._points is not None else None)
+        check_store_pointcloud(store, self._points)
         self.arm, self.cameras, self.teleop, self.store = arm, list(cameras), teleop, store
         self.fps = float(fps)
         self.task, self.language, self.robot_name = task, language, robot_name
@@ -185,6 +194,8 @@ class CollectSession:
             self._target.limits = self.arm.limits()
             self._new_scene()
             self._warm_up()
+            if self._points is not None and self._end is None:
+                self._points.check()  # a camera without depth / geometry: refused before anything is recorded
             period = 1.0 / self.fps
             next_t = self.clock.now()
             while self._end is None:
@@ -216,7 +227,8 @@ class CollectSession:
             restore()
             if not self.result.ended_by:
                 self.result.ended_by = self._end or "error"
-            fill_timing(self.result, self._step_times, self._busy, time.monotonic() - wall0, self.fps)
+            fill_timing(self.result, self._step_times, self._busy, time.monotonic() - wall0, self.fps,
+                        self._points.build_s if self._points is not None else ())
             self.log(self.result.summary())
         return self.result
 
@@ -294,7 +306,12 @@ class CollectSession:
 
         ep = self._book.current
         if ep is not None:
-            ep.rec.add_step(step_row(t, state, action_vec, frames))
+            points, keep_depth = None, True
+            if self._points is not None:
+                # Built here, in the step, after the arm was commanded (the operator's latency first): 30-75 ms
+                # on real cameras, timed into result.pointcloud_ms_* / step_ms_* and counted in overruns.
+                points, keep_depth = self._points(frames), self._points.keep_depth
+            ep.rec.add_step(step_row(t, state, action_vec, frames, points, keep_depth))
             ep.times.append(t)
             for name in dropped:
                 ep.dropped[name] += 1
@@ -314,19 +331,8 @@ class CollectSession:
         self._keys(self.preview.show({n: f.color for n, f in frames.items()}, status))
 
     def _keys(self, names: Sequence[str]) -> None:
-        """Keys from the preview window or the terminal. A keyboard teleop device (one with `buttons`,
-        `moves` and a manual backend, like hardware.drivers.keyboard) gets them as taps and reports its own
-        buttons at the next poll; the keys it does not claim (reset, quit) are handled here."""
-        dev = self.teleop
-        keyboard = isinstance(getattr(dev, "buttons", None), dict) and isinstance(getattr(dev, "moves", None), dict)
-        for name in names:
-            if keyboard and getattr(dev, "backend", None) == "manual" and hasattr(dev, "tap"):
-                dev.tap(name)
-            claimed = keyboard and (name in dev.buttons or name in dev.moves
-                                    or name == getattr(dev, "gripper_key", None))
-            action = None if claimed else action_for_key(name)
-            if action is not None:
-                self._pending_actions.append(action)
+        """Keys from the preview window or the terminal (keys.route_keys); their actions run next step."""
+        self._pending_actions.extend(route_keys(self.teleop, names))
 
     # ------------------------------------------------------------------ episode control
     def _handle(self, action: str, t: float) -> None:
@@ -362,7 +368,8 @@ class CollectSession:
         attrs = episode_attrs(
             task=self.task, language=self.language, robot=self.robot_name,
             teleop=getattr(self.teleop, "name", type(self.teleop).__name__), cameras=names, fps=self.fps,
-            seed=self._seed, action_mode=self.action_mode, initial_target=self._target.initial_target())
+            seed=self._seed, action_mode=self.action_mode, initial_target=self._target.initial_target(),
+            pointcloud=self._points.attrs() if self._points is not None else None)
         self._book.start(attrs, t, names, self._seed, self.language)
         self._message = ""
 
