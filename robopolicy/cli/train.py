@@ -112,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         if result.best is not None:
             print(f"  best checkpoint  {result.best}")
         print(f"  tensorboard      tensorboard --logdir {result.out_dir / 'tb'}")
+        try:
+            from robopolicy.train.curves import plot_training_curves
+
+            print(f"  curves           {plot_training_curves(result.out_dir)}")
+        except (OSError, ValueError) as e:  # a plot is a convenience: never fail a finished run over it
+            print(f"  curves           not drawn ({e})")
     return 0
 
 
