@@ -2,7 +2,8 @@
 
 - Eval-runner path: the task's env_kwargs -> split_pointcloud_kwargs -> WorkerEnvFn(TaskEnvFn, wrapper), as
   PolicyAgent and the runner build it. Runtime path: the checkpoint config's env_kwargs -> the daemon's
-  pointcloud_for_policy -> CameraPointCloud on the ObservationAssembler, fed the same frame by a camera.
+  pointcloud_for_policy -> CameraPointCloud on the ObservationAssembler, fed the same frame by a camera,
+  deferred through the T_o history to where the worker resolves it (pickled, as the process worker gets it).
 - RealSense: the driver's intrinsics (recording SDK fake) + a hand-eye pose from config back-project a
   synthetic tilted table plane onto z = 0 in the base frame.
 """
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import time
 
 import numpy as np
@@ -28,7 +30,8 @@ from robopolicy.eval.envs import TaskEnvFn, WorkerEnvFn
 from robopolicy.perception import CameraGeometry, depth_to_points
 from robopolicy.perception.cameras import CameraPointCloud, geometry_of, runtime_pointcloud_config
 from robopolicy.perception.env import split_pointcloud_kwargs
-from robopolicy.runtime.observation import ObservationAssembler
+from robopolicy.runtime.observation import ObservationAssembler, ObservationHistory
+from robopolicy.utils.deferred import Deferred, resolve_stacked
 
 TASK = "embedded_push"
 
@@ -95,11 +98,20 @@ def test_eval_runner_and_runtime_give_identical_tensors(pc):
     assert builder.cfg == env.cfg  # the wrapper's config, crop box included
     assembler = ObservationAssembler(None, [cam], pointcloud=builder, image_size=(32, 32))  # type: ignore[arg-type]
     got = assembler.assemble(time.monotonic(), _arm_state()).values
-    assert got["pointcloud"].dtype == obs["pointcloud"].dtype == np.float32
-    assert np.array_equal(got["pointcloud"], obs["pointcloud"])  # bit for bit, despite the image resize
+    assert isinstance(got["pointcloud"], Deferred) and not got["pointcloud"].built  # not built in the loop
     assert got["images/front"].shape == (32, 32, 3)
+    # what the policy receives: the T_o history stacked by the loop (deferred), pickled to the process worker
+    # and resolved there by _act; the thread worker and sync inference resolve the same object unpickled
+    history = ObservationHistory(2)
+    history.push(assembler.assemble(time.monotonic(), _arm_state()))
+    stacked = history.stacked(["pointcloud"], defer=True)
+    for policy_obs in (resolve_stacked(pickle.loads(pickle.dumps(stacked))), resolve_stacked(stacked)):
+        pc = policy_obs["pointcloud"]
+        assert pc.shape == (1, 2, n, c) and pc.dtype == obs["pointcloud"].dtype == np.float32
+        assert np.array_equal(pc[0, 0], obs["pointcloud"]) and np.array_equal(pc[0, 1], obs["pointcloud"])
+    assert np.array_equal(np.asarray(got["pointcloud"]), obs["pointcloud"])  # bit for bit, despite the resize
     lo, hi = np.float32(workspace[0]), np.float32(workspace[1])
-    assert np.all(got["pointcloud"][:, :3] >= lo) and np.all(got["pointcloud"][:, :3] <= hi)
+    assert np.all(pc[..., :3] >= lo) and np.all(pc[..., :3] <= hi)
 
 
 def _look_at(pos, target) -> np.ndarray:
@@ -238,7 +250,7 @@ def test_simulated_robot_gives_pointclouds_through_the_daemon_config():
         trained = {"task": {"env_kwargs": {"pointcloud": {"num_points": 64, "color": True}}}}
         builder = pointcloud_for_policy(spec, trained, None, robot, "ck")  # crop box: the scene's default
         assembler = ObservationAssembler(robot.arm, robot.cameras, robot.state_fn, pointcloud=builder)
-        pc = assembler.assemble(time.monotonic()).values["pointcloud"]
+        pc = np.asarray(assembler.assemble(time.monotonic()).values["pointcloud"])  # built here, frames of then
     finally:
         robot.disconnect()
     lo, hi = (np.float32(b) for b in robot.pointcloud_workspace)

@@ -4,6 +4,10 @@ Camera frames are handed to a background thread that writes them into the store 
 end in small batches, so a 30 Hz loop never waits on compression; low-dim rows stay in memory and are
 written at save. Nothing is part of the store until `save()` commits the episode; `discard()`, a
 crash or SIGKILL leave the committed episodes untouched (the torn tail is removed on next open).
+
+A `Deferred` value (the runtime's `pointcloud`, robopolicy/utils/deferred.py) is checked by its declared
+shape and dtype at `add_step`, built by the writer thread soon after (so the control loop never computes
+it, and its frames are freed), and written at save with the low-dim rows, its values checked then.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from robopolicy.data.errors import EpisodeValidationError
-from robopolicy.data.schema import TIMESTAMP_KEY, key_kind
+from robopolicy.data.schema import TIMESTAMP_KEY, StoreSchema, key_kind
+from robopolicy.utils.deferred import Deferred
 
 _STOP = object()
 
@@ -53,10 +58,13 @@ class EpisodeRecorder:
             item = self._queue.get()
             if item is _STOP:
                 return
-            key, start, rows = item
             if self._error is None:
                 try:
-                    self.store.write_rows(key, start, rows)
+                    if isinstance(item, Deferred):
+                        item.get()  # build now, off the caller's thread; save() finds it built
+                    else:
+                        key, start, rows = item
+                        self.store.write_rows(key, start, rows)
                 except BaseException as e:  # reported to the caller at save()
                     self._error = e
 
@@ -75,10 +83,13 @@ class EpisodeRecorder:
             raise RuntimeError("this episode was already saved or discarded")
         if self._error is not None:
             raise RuntimeError(f"writing the episode failed: {self._error}") from self._error
-        arrays = {k: np.asarray(v) for k, v in step.items()}
+        deferred = {k: v for k, v in step.items() if isinstance(v, Deferred)}
+        arrays = {k: np.asarray(v) for k, v in step.items() if k not in deferred}
         if TIMESTAMP_KEY in arrays:
             arrays[TIMESTAMP_KEY] = arrays[TIMESTAMP_KEY].astype(np.float64, copy=False)
         batch = {k: v[None] for k, v in arrays.items()}
+        # deferred values: their declared shape and dtype now, their values at save (not built yet)
+        batch.update({k: np.zeros((1, *v.shape), v.dtype) for k, v in deferred.items()})
         schema = self.store.schema or self.store.ensure_schema(batch)
         try:
             schema.validate_episode(batch)
@@ -97,6 +108,12 @@ class EpisodeRecorder:
                     self._flush(key)
             else:
                 self._lowdim.setdefault(key, []).append(arr)
+        for key, value in deferred.items():
+            self._lowdim.setdefault(key, []).append(value)
+            try:
+                self._queue.put_nowait(value)
+            except queue.Full:
+                pass  # the writer is behind: save() builds it; add_step never waits for a build
         self.n_steps += 1
 
     def _finish_writer(self) -> None:
@@ -118,7 +135,10 @@ class EpisodeRecorder:
         if self.n_steps == 0:
             raise EpisodeValidationError("cannot save an episode with no steps")
         for key, rows in self._lowdim.items():
-            self.store.write_rows(key, self.start, np.stack(rows))
+            stacked = np.stack(rows)  # builds any Deferred the writer did not reach
+            if any(isinstance(r, Deferred) for r in rows):
+                StoreSchema._check_values(key, stacked)  # their values were not seen by add_step
+            self.store.write_rows(key, self.start, stacked)
         self.attrs.update(attrs)
         return self.store.commit_episode(self.n_steps, self.attrs)
 

@@ -13,7 +13,8 @@ simulated camera's (MuJoCo's, at the current state). Depth is `Frame.depth`: uin
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -86,6 +87,16 @@ class CameraPointCloud:
 
     def __call__(self, frames: Mapping[str, Frame]) -> np.ndarray:
         """The (num_points, 3 or 6) float32 base-frame point cloud of one frame of each camera."""
+        return self.prepare(frames)()
+
+    def prepare(self, frames: Mapping[str, Frame]) -> Callable[[], np.ndarray]:
+        """Check `frames` and read the cameras' geometry now; the returned zero-argument callable builds the
+        point cloud (back-projection, crop, sampling: the costly part) later, in any thread or process.
+
+        The geometry is read here, not in the build, because a moving camera's (the simulated wrist camera's)
+        is read at the current state: the pose must be the one of these frames. The callable is picklable
+        and holds only the depth (and, with colour, the image) of each camera.
+        """
         depths, images, geometries = {}, {}, {}
         for name, cam in self.cameras.items():
             if name not in frames:
@@ -94,7 +105,7 @@ class CameraPointCloud:
             check_frame(name, frame, self.cfg.color)
             depths[name], images[name] = frame.depth, frame.color
             geometries[name] = geometry_of(cam)
-        return pointcloud_from_frame(depths, geometries, self.cfg, images if self.cfg.color else None)
+        return partial(pointcloud_from_frame, depths, geometries, self.cfg, images if self.cfg.color else None)
 
 
 def check_frame(name: str, frame: Frame, color: bool) -> None:

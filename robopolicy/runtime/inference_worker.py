@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from robopolicy.utils.deferred import resolve_stacked
+
 
 class InferenceWorkerError(RuntimeError):
     """The worker could not start (the message carries the worker's own error) or is not running."""
@@ -68,6 +70,7 @@ def _describe(agent: Any) -> dict[str, Any]:
 
 
 def _act(agent: Any, obs: dict[str, Any]) -> tuple[np.ndarray, float]:
+    obs = resolve_stacked(obs)  # deferred point clouds are built here, in the worker (not timed as inference)
     t0 = time.perf_counter()
     out = np.asarray(agent.act(obs), dtype=np.float32)
     if out.ndim != 3 or out.shape[0] != 1:

@@ -5,16 +5,19 @@ One tick (at `rate_hz`, the arm's command rate):
 1. read the arm state; collect finished chunks from the worker and schedule them (commands due at
    `obs_time + k / policy_hz`, late ones dropped);
 2. every `rate_hz / policy_hz` ticks (a *policy step*): assemble an observation (stale -> hold and report),
-   push it into the T_o history, and every `replan_every` policy steps ask the worker for a chunk;
+   push it into the T_o history, and every `replan_every` policy steps ask the worker for a chunk (a
+   `pointcloud` is not built here: it travels as a Deferred and the worker builds it, observation.py);
 3. the executor gives the (blended, interpolated) command for now; a dead worker, a stalled one (no chunk
    covering now for `stall_timeout_s`) or a stale observation make it a hold;
 4. the safety layer filters the command and it goes to the arm;
 5. on policy steps the step is handed to the episode's recorder (observation, the raw action executed,
-   the command sent, whether the safety layer held).
+   the command sent, whether the safety layer held); a deferred `pointcloud` is built by the recorder's
+   writer thread, so recordings keep the key, bit for bit what the policy saw.
 
-With `inference="sync"` step 2 calls the agent inside the tick (the loop stalls for the inference time;
-kept for the latency benchmark). The loop runs in its own thread; `start_episode` / `stop_episode` /
-`set_worker` are called from other threads (the daemon's API) and take the loop's lock.
+With `inference="sync"` step 2 calls the agent inside the tick (the loop stalls for the inference time,
+and for building the point clouds it passes that are not built yet; kept for the latency benchmark). The
+loop runs in its own thread; `start_episode` / `stop_episode` / `set_worker` are called from other threads
+(the daemon's API) and take the loop's lock.
 """
 
 from __future__ import annotations
@@ -287,7 +290,7 @@ class ControlLoop:
         self.obs_age_s.add(obs.max_age)
         self.history.push(obs)
         if self.steps % self.cfg.replan_every == 0:
-            stacked = self.history.stacked(self.obs_keys)
+            stacked = self.history.stacked(self.obs_keys, defer=True)  # point clouds: built where _act runs
             if self.sync_agent is not None:
                 seq = -(self.steps + 1)
                 self._states[seq] = state

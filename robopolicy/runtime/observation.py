@@ -8,7 +8,13 @@ observation is an error, never an input to the policy.
 With a `pointcloud` builder (robopolicy.perception.cameras.CameraPointCloud, set when the loaded policy needs
 the key) the observation also carries `pointcloud`, built from the same frames as `images/<cam>` at the
 cameras' own resolution (before `image_size` resizing, so the intrinsics stay exact) by the function that
-recording and the eval runner use. Its age is the age of those frames, which are checked already.
+recording and the eval runner use. Its age is the age of those frames, which are checked at assembly.
+
+The build (~25-75 ms) is deferred: `assemble()` only captures the frames and the cameras' geometry in a
+`Deferred` (robopolicy/utils/deferred.py), and the point cloud is computed once, by the first thread that
+needs it: the inference worker when the policy is called (the history is stacked with `defer=True` and
+resolved in `_act`), the episode recorder's writer thread, or the control loop itself only for synchronous
+inference. Observations the policy never sees and nobody records are never built.
 """
 
 from __future__ import annotations
@@ -16,12 +22,14 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from hardware.arm import Arm, ArmState
 from hardware.camera import Camera, Frame
+from robopolicy.utils.deferred import Deferred, DeferredStack
 
 PROPRIO_DIM_EXTRA = 8  # gripper width (1) + EE position (3) + EE quaternion (4), after the joints
 
@@ -40,7 +48,7 @@ class Observation:
     """One assembled observation."""
 
     time: float  # monotonic time of assembly: the time the policy's chunk is stamped with
-    values: dict[str, np.ndarray]  # "state", "images/<cam>", ... (per-step arrays, env dtypes)
+    values: dict[str, Any]  # "state", "images/<cam>", ...: per-step arrays (env dtypes); "pointcloud": a Deferred
     stamps: dict[str, float]  # measurement time of each part
     arm_state: ArmState
     language: str = ""
@@ -91,9 +99,11 @@ class ObservationAssembler:
         max_age_s: bound on every part's age.
         image_size: (H, W) the policy expects; frames of another size are resized (nearest neighbour on the
             pixel grid, cheap and deterministic). None keeps the camera's size.
-        pointcloud: frames by camera name -> the `pointcloud` observation (CameraPointCloud); None: no key.
-            It runs in the caller's (the control loop's) thread: measured ~30 ms for a 424x240 and ~75 ms for a
-            640x480 depth frame on one busy core (fps_voxel, 512 points), so prefer small depth modes.
+        pointcloud: frames by camera name -> the `pointcloud` observation (CameraPointCloud, or any callable
+            with a `shape` (N, C) attribute); None: no key. Only its `prepare(frames)` (frame checks, geometry
+            read) runs in the control loop's thread at assembly; the build itself (~30 ms for a 424x240, ~75 ms
+            for a 640x480 depth frame on one busy core, fps_voxel, 512 points) is a `Deferred` run later by
+            whichever thread first needs the value (module docstring).
     """
 
     arm: Arm
@@ -101,7 +111,7 @@ class ObservationAssembler:
     state_fn: Callable[[ArmState], np.ndarray] = proprio_state
     max_age_s: float = 0.2
     image_size: tuple[int, int] | None = None
-    pointcloud: Callable[[dict[str, Frame]], np.ndarray] | None = None
+    pointcloud: Callable[[dict[str, Frame]], np.ndarray] | None = None  # with .shape; .prepare(frames) optional
     _last_index: dict[str, int] = field(default_factory=dict)
 
     def assemble(self, now: float, arm_state: ArmState | None = None, language: str = "") -> Observation:
@@ -124,7 +134,11 @@ class ObservationAssembler:
                 raise StaleObservationError(part, age, self.max_age_s)
         builder = self.pointcloud  # read once: the daemon swaps it when it loads another policy
         if builder is not None:  # after the age check: no work on frames that are rejected anyway
-            values["pointcloud"] = builder(frames)  # the raw frames: their intrinsics are the cameras' own
+            # The raw frames (their intrinsics are the cameras' own), and the recipe binds this builder: a
+            # policy swapped in before the build cannot change how this observation's cloud is made.
+            prepare = getattr(builder, "prepare", None)
+            build = prepare(frames) if prepare is not None else partial(builder, frames)
+            values["pointcloud"] = Deferred(build, builder.shape, np.float32)  # type: ignore[attr-defined]
         return obs
 
     def _resize(self, img: np.ndarray) -> np.ndarray:
@@ -157,13 +171,24 @@ class ObservationHistory:
     def __len__(self) -> int:
         return len(self._obs)
 
-    def stacked(self, keys: Sequence[str] | None = None) -> dict[str, Any]:
-        """{key: (1, T_o, ...)} of the newest observations, plus "language" when set."""
+    def stacked(self, keys: Sequence[str] | None = None, defer: bool = False) -> dict[str, Any]:
+        """{key: (1, T_o, ...)} of the newest observations, plus "language" when set.
+
+        With `defer`, a key holding Deferred values (`pointcloud`) is a DeferredStack instead of an array, for
+        the thread that runs the policy to resolve (`resolve_stacked`, called by the workers' `_act`) into the
+        very array the default gives; without it, deferred values are built now, in the caller's thread.
+        """
         if not self._obs:
             raise RuntimeError("no observation yet: push one before asking for the history")
         frames = list(self._obs)
         frames = [frames[0]] * (self.n_obs_steps - len(frames)) + frames
         keys = list(keys) if keys is not None else list(frames[-1].values)
-        out: dict[str, Any] = {k: np.stack([f.values[k] for f in frames])[None] for k in keys}
+        out: dict[str, Any] = {}
+        for k in keys:
+            items = tuple(f.values[k] for f in frames)
+            if defer and any(isinstance(v, Deferred) for v in items):
+                out[k] = DeferredStack(items)
+            else:  # np.stack builds any Deferred (its __array__): the same array, just in this thread
+                out[k] = np.stack(items)[None]
         out["language"] = [frames[-1].language]
         return out
