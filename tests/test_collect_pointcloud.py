@@ -13,6 +13,8 @@ import pytest  # noqa: E402
 
 pytest.importorskip("mujoco")
 
+from camera_fakes import StaticCamera, WrappedCamera  # noqa: E402
+
 from hardware.camera import Camera, Frame  # noqa: E402
 from robopolicy.collect import collect_teleop  # noqa: E402
 from robopolicy.collect.devices import make_sim_devices  # noqa: E402
@@ -28,33 +30,13 @@ WORKSPACE = EmbeddedEnv.pointcloud_workspace
 TASK = "embedded_pick_place"
 
 
-class GeometryLog(Camera):
-    """Wraps a camera: remembers every frame it hands out with the camera's geometry at that moment (the sim
-    wrist camera moves with the arm), keyed by the frame's timestamp."""
+class GeometryLog(WrappedCamera):
+    """Remembers every frame it hands out with the camera's geometry at that moment (the sim wrist camera
+    moves with the arm), keyed by the frame's timestamp."""
 
     def __init__(self, inner: Camera) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.seen: dict[float, tuple[Frame, dict]] = {}
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    def start(self) -> None:
-        self.inner.start()
-
-    def stop(self) -> None:
-        self.inner.stop()
-
-    @property
-    def is_running(self) -> bool:
-        return self.inner.is_running
-
-    def intrinsics(self) -> np.ndarray:
-        return self.inner.intrinsics()
-
-    def camera_geometry(self) -> dict:
-        return self.inner.camera_geometry()
 
     def latest(self) -> Frame:
         frame = self.inner.latest()
@@ -62,34 +44,6 @@ class GeometryLog(Camera):
         return frame
 
 
-class FixedGeometry(Camera):
-    """A camera that only carries a geometry: what CameraPointCloud reads besides the frames."""
-
-    def __init__(self, name: str, geometry: dict) -> None:
-        self._name, self.geometry = name, geometry
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    @property
-    def is_running(self) -> bool:
-        return True
-
-    def latest(self) -> Frame:
-        raise AssertionError("not used")
-
-    def intrinsics(self) -> np.ndarray:
-        return np.asarray(self.geometry["intrinsics"])
-
-    def camera_geometry(self) -> dict:
-        return self.geometry
 
 
 def _files(path: Path) -> dict[str, bytes]:
@@ -132,7 +86,7 @@ def test_session_records_the_runtime_pointcloud_of_each_step(tmp_path):
             assert np.array_equal(ep[f"depth/{cam.name}"][i], frame.depth)
             assert np.array_equal(ep[f"images/{cam.name}"][i], frame.color)
             frames[cam.name] = frame
-            fixed.append(FixedGeometry(cam.name, geometry))
+            fixed.append(StaticCamera(cam.name, None, geometry))
         assert np.array_equal(points[i], CameraPointCloud(cfg, fixed)(frames)), f"step {i}"
 
 

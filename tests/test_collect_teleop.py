@@ -16,6 +16,8 @@ import pytest  # noqa: E402
 
 pytest.importorskip("mujoco")
 
+from camera_fakes import WrappedCamera  # noqa: E402
+
 from hardware.camera import Camera, Frame  # noqa: E402
 from hardware.errors import DeviceNotConnectedError  # noqa: E402
 from robopolicy.collect.devices import make_sim_devices  # noqa: E402
@@ -43,31 +45,15 @@ LANG = "put the green block in the target"
 GRIP, EE_X, EE_Y = 6, 7, 8
 
 
-class StutterCamera(Camera):
-    """Wraps a camera: repeats the previous frame on the listed calls (dropped frames), and from call
-    `freeze_at` on returns one frame forever (a stalled camera)."""
+class StutterCamera(WrappedCamera):
+    """Repeats the previous frame on the listed calls (dropped frames), and from call `freeze_at` on returns
+    one frame forever (a stalled camera)."""
 
     def __init__(self, inner: Camera, repeat_on=(), freeze_at: int | None = None) -> None:
-        self.inner, self.repeat_on, self.freeze_at = inner, set(repeat_on), freeze_at
+        super().__init__(inner)
+        self.repeat_on, self.freeze_at = set(repeat_on), freeze_at
         self.calls = 0
         self._last: Frame | None = None
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    def start(self) -> None:
-        self.inner.start()
-
-    def stop(self) -> None:
-        self.inner.stop()
-
-    @property
-    def is_running(self) -> bool:
-        return self.inner.is_running
-
-    def intrinsics(self) -> np.ndarray:
-        return self.inner.intrinsics()
 
     def latest(self) -> Frame:
         i, self.calls = self.calls, self.calls + 1

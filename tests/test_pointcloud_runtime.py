@@ -16,11 +16,12 @@ import time
 
 import numpy as np
 import pytest
+from camera_fakes import StaticCamera as FrameCamera
 from test_hw_cameras import H, W, make_fake_rs
 
 from hardware.arm import ArmState
 from hardware.calibration import parse_base_from_camera
-from hardware.camera import Camera, Frame
+from hardware.camera import Frame
 from hardware.camera_process import ProcessCamera
 from hardware.drivers.realsense import RealSenseCamera
 from hardware.drivers.synthetic import SyntheticCamera
@@ -34,38 +35,6 @@ from robopolicy.runtime.observation import ObservationAssembler, ObservationHist
 from robopolicy.utils.deferred import Deferred, resolve_stacked
 
 TASK = "embedded_push"
-
-
-class FrameCamera(Camera):
-    """A running camera that always gives one fixed frame and geometry."""
-
-    def __init__(self, name: str, frame: Frame, geometry: dict | None) -> None:
-        self._name, self.frame, self.geometry = name, frame, geometry
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    @property
-    def is_running(self) -> bool:
-        return True
-
-    def latest(self) -> Frame:
-        return dataclasses.replace(self.frame, timestamp=time.monotonic())
-
-    def intrinsics(self) -> np.ndarray:
-        return np.asarray(self.geometry["intrinsics"])
-
-    def camera_geometry(self) -> dict:
-        if self.geometry is None:
-            raise ValueError(f"camera '{self.name}': no extrinsic calibration")
-        return dict(self.geometry)
 
 
 def _arm_state() -> ArmState:
