@@ -157,3 +157,30 @@ def test_teacher_loaded_from_checkpoint_config(tmp_path):
     other = _student(state_dim=5, teacher_checkpoint=str(tmp_path))
     with pytest.raises(ValueError, match="same task"):
         other.compute_loss({"obs": {"state": torch.randn(3, 2, 5)}, "action": torch.zeros(3, 8, 2)})
+
+
+def test_init_weights_from_teacher_checkpoint(tmp_path):
+    """trainer.init_weights: the student starts from the teacher's same-named tensors (UNet, obs encoder);
+    a checkpoint with nothing in common is refused by name."""
+    import numpy as np
+
+    from robopolicy.data.normalizer import fit_normalizers
+    from robopolicy.train.checkpoint import write_model_files
+    from robopolicy.train.run_checkpoints import init_weights_from
+
+    torch.manual_seed(0)
+    teacher = _small_policy()
+    norm = fit_normalizers({"state": np.zeros((4, 3), np.float32), "action": np.ones((4, 2), np.float32)},
+                           {"state": "minmax", "action": "minmax"})
+    (tmp_path / "t").mkdir()
+    write_model_files(tmp_path / "t", teacher, norm, {"policy": {"name": "diffusion"}}, {"spec": teacher.spec.to_json()})
+    student = _student()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    n = init_weights_from(student, tmp_path / "t")
+    shared = [k for k in teacher.state_dict() if k in before and before[k].shape == teacher.state_dict()[k].shape]
+    assert n == len(shared) > 0
+    for k in shared:
+        torch.testing.assert_close(student.state_dict()[k], teacher.state_dict()[k])
+    other = torch.nn.Linear(3, 3)
+    with pytest.raises(ValueError, match="none of its"):
+        init_weights_from(other, tmp_path / "t")

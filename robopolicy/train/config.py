@@ -65,6 +65,7 @@ class TrainerConfig:
     num_workers: int = 0  # DataLoader worker processes
     num_threads: int | None = None  # torch intra-op threads per process; None: torch's default
     resume: bool | str = False  # true: continue from out_dir/last; a path: continue from that checkpoint
+    init_weights: str | None = None  # a checkpoint whose same-named, same-shaped tensors start a fresh run
     progress: bool = True
     ddp_find_unused_parameters: bool = False
 

@@ -102,3 +102,24 @@ def save_collectively(acc: Any, final: Path, is_main: bool, write: Callable[[Pat
     if is_main:
         ckpt.commit(final)
     acc.wait_for_everyone()
+
+
+def init_weights_from(policy: torch.nn.Module, path: str | Path) -> int:
+    """Copy into `policy` every parameter / buffer of `path`'s model.safetensors with the same name and shape
+    (trainer.init_weights: a fresh run starts from another checkpoint's weights, e.g. a consistency student
+    from its diffusion teacher, whose UNet and observation encoder share names and sizes). Returns how many
+    tensors were copied; ValueError when none match, naming the checkpoint."""
+    from safetensors.torch import load_file
+
+    src = ckpt.resolve_checkpoint(Path(path))
+    weights = load_file(str(src / ckpt.MODEL_FILE))
+    own = policy.state_dict()
+    matched = {k: v for k, v in weights.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    if not matched:
+        raise ValueError(f"trainer.init_weights={path}: none of its {len(weights)} tensors matches this policy's "
+                         "names and shapes; initialise from a checkpoint of a head with the same network sizes")
+    policy.load_state_dict(matched, strict=False)
+    skipped = sorted(set(own) - set(matched))
+    log.info("initialised %d of %d tensors from %s%s", len(matched), len(own), src,
+             f" (kept fresh: {', '.join(skipped[:8])}{' ...' if len(skipped) > 8 else ''})" if skipped else "")
+    return len(matched)

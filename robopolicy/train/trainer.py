@@ -42,6 +42,7 @@ from robopolicy.train.optim import make_lr_scheduler, make_optimizer
 from robopolicy.train.run_checkpoints import (
     best_candidate,
     check_resume_source,
+    init_weights_from,
     resume_path,
     save_collectively,
 )
@@ -137,6 +138,8 @@ class Trainer:
         if fit_actions is not None:  # heads with data-fitted action tokens (discrete diffusion's quantile bins)
             actions = torch.from_numpy(self.train_ds.lowdim_frames(self.task.action_key)).to(acc.device)
             fit_actions(self.normalizer[self.task.action_key](actions))
+        if cfg.init_weights and self.resume_from is None:  # a resumed run has its own weights
+            init_weights_from(self.policy, cfg.init_weights)
         self.ema = EMA(self.policy, cfg.ema_power, cfg.ema_min_decay, cfg.ema_max_decay) if cfg.ema else None
         self.staging = StagedTraining.of(self.policy, cfg.steps)
         if self.staging is not None:
