@@ -72,7 +72,8 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "",
         ax.set_ylabel("success rate")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # nothing logged yet (a first plot before any eval): no legend
+            ax.legend(loc="lower right", fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
