@@ -301,6 +301,9 @@ def test_eval_cli(tmp_path, capsys):
     # A directory that is no checkpoint: a clear error naming it, exit code 2.
     assert main([f"task={TASK}", f"checkpoint={tmp_path / 'missing'}", "progress=false"]) == 2
     assert "missing" in capsys.readouterr().err
+    # A training task config name instead of a sim task: the error says which sim task to use.
+    assert main(["task=pusht_keypoints", "episodes=1", "progress=false"]) == 2
+    assert "use task=pusht" in capsys.readouterr().err
 
 
 def test_video_from_render_when_obs_has_no_camera(tmp_path):

@@ -81,6 +81,21 @@ def _print_summary(result: Any) -> None:
         print(f"  {name:<14} {path}")
 
 
+def _task_config_hint(name: str) -> str:
+    """When `name` is a training task config (configs/task/NAME.yaml, what `train` / `finetune` take), say
+    which sim task it runs on: eval takes the sim name, and a checkpoint brings its own env_kwargs."""
+    from omegaconf import OmegaConf
+
+    from robopolicy.cli.config import config_dir
+
+    path = config_dir() / "task" / f"{name}.yaml"
+    if not path.is_file():
+        return ""
+    env = OmegaConf.load(path).get("env")
+    return (f"\n'{name}' is a training task config (configs/task/{name}.yaml); its sim task is '{env}': use "
+            f"task={env} (the checkpoint brings the env_kwargs it was trained with)") if env else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `robopolicy eval`; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -98,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         get_task(cfg.task)
     except (KeyError, ImportError) as e:
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        print(f"error: {e.args[0] if e.args else e}{_task_config_hint(cfg.task)}", file=sys.stderr)
         return 2
     try:
         agent = _build_agent(cfg)
