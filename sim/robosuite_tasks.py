@@ -1,7 +1,8 @@
 """robosuite tasks (Lift, PickPlaceCan, NutAssemblySquare) behind the project's gymnasium API.
 
 Panda arm, OSC_POSE control (robosuite 1.5's composite BASIC controller with OSC_POSE on the arm),
-20 Hz control. Observations: `state` (eef pos, eef quat, gripper qpos, object state; float32) and
+20 Hz control. Observations: `state` (eef pos, eef quat, gripper qpos, then object state unless
+`state_mode="proprio"`, the robot-only state that image policies take, as in DP's image setting; float32) and
 84x84 `images/agentview`, `images/wrist` (robot0_eye_in_hand), uint8, upright; with `depth=True` also
 `depth/<camera>` uint16 [H, W] (mm), and `camera_geometry(camera)` gives K and the camera's pose in the
 robot's base frame (OpenCV axes) for point clouds (robopolicy/perception).
@@ -43,6 +44,8 @@ logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
 # Our camera key -> robosuite camera name.
 CAMERAS: dict[str, str] = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}
 CONTROL_FREQ = 20
+# "full": robot + object state (state policies); "proprio": eef pos, eef quat, gripper qpos only (9-D).
+STATE_MODES = ("full", "proprio")
 
 
 @dataclass(frozen=True)
@@ -159,15 +162,19 @@ class RobosuiteEnv(gym.Env):
         terminate_on_success: bool = True,
         depth: bool = False,
         cameras: tuple[str, ...] | list[str] | None = None,
+        state_mode: str = "full",
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"unknown robosuite task '{task}'; choose one of {sorted(TASKS)}")
         if obs_mode not in ("state", "pixels", "both"):
             raise ValueError(f"obs_mode must be 'state', 'pixels' or 'both', got {obs_mode!r}")
+        if state_mode not in STATE_MODES:
+            raise ValueError(f"state_mode must be one of {STATE_MODES}, got {state_mode!r}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.task = TASKS[task]
         self.obs_mode = obs_mode
+        self.state_mode = state_mode
         self.depth = bool(depth)
         self.cameras = tuple(CAMERAS) if cameras is None else tuple(cameras)
         if not self.cameras or any(c not in CAMERAS for c in self.cameras):
@@ -214,10 +221,10 @@ class RobosuiteEnv(gym.Env):
 
     # -- observation helpers ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _state(rs_obs: dict[str, Any]) -> np.ndarray:
-        parts = [rs_obs["robot0_eef_pos"], rs_obs["robot0_eef_quat"], rs_obs["robot0_gripper_qpos"],
-                 rs_obs["object-state"]]
+    def _state(self, rs_obs: dict[str, Any]) -> np.ndarray:
+        parts = [rs_obs["robot0_eef_pos"], rs_obs["robot0_eef_quat"], rs_obs["robot0_gripper_qpos"]]
+        if self.state_mode == "full":
+            parts.append(rs_obs["object-state"])
         return np.concatenate(parts).astype(np.float32)
 
     def _mj(self) -> tuple[mujoco.MjModel, mujoco.MjData]:

@@ -80,11 +80,18 @@ def test_state_only_and_image_size():
     assert set(obs) == {"images/agentview", "images/wrist"}
     assert obs["images/agentview"].shape == (48, 64, 3)
     env.close()
+    # Image policies take the robot's own state only: eef pos (3) + eef quat (4) + gripper qpos (2).
+    env = make_env("robosuite_square", obs_mode="state", state_mode="proprio")
+    obs, _ = env.reset(seed=0)
+    assert obs["state"].shape == (9,) and env.observation_space["state"].shape == (9,)
+    env.close()
 
 
 def test_bad_arguments_are_rejected(lift_env):
     with pytest.raises(ValueError, match="obs_mode"):
         make_env("robosuite_lift", obs_mode="rgb")
+    with pytest.raises(ValueError, match="state_mode"):
+        make_env("robosuite_lift", state_mode="object")
     with pytest.raises(ValueError, match="shape"):
         lift_env.step(np.zeros(6, np.float32))
     with pytest.raises(ValueError, match="NaN"):

@@ -75,6 +75,17 @@ def test_amp_bf16_on_cpu_trains(store, tmp_path):
     assert all(np.isfinite(loss) for _, loss in result.losses) and (tmp_path / "amp" / "best").is_dir()
 
 
+def test_wall_budget_stops_early_and_writes_last(store, tmp_path, monkeypatch):
+    import robopolicy.train.trainer as trainer_mod
+
+    clock = iter(range(0, 10**6, 10))  # every monotonic() call advances 10 s; the budget is 45 s
+    monkeypatch.setattr(trainer_mod.time, "monotonic", lambda: float(next(clock)))
+    result = train(_task(store), "test_mlp", {}, _cfg(tmp_path / "w", steps=60, max_wall_s=45.0, val_every=0))
+    assert 1 <= result.step < 10
+    meta = json.loads((tmp_path / "w" / "last" / "meta.json").read_text())
+    assert meta["step"] == result.step
+
+
 def test_resume_with_another_policy_config_is_refused(store, tmp_path):
     train(_task(store), "test_mlp", {}, _cfg(tmp_path / "r", steps=4, val_every=0, checkpoint_every=0))
     with pytest.raises(ConfigError, match="cannot resume"):

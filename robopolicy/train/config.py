@@ -67,6 +67,7 @@ class TrainerConfig:
     resume: bool | str = False  # true: continue from out_dir/last; a path: continue from that checkpoint
     init_weights: str | None = None  # a checkpoint whose same-named, same-shaped tensors start a fresh run
     progress: bool = True
+    max_wall_s: float | None = None  # stop (and write last/) once this much wall time has passed; None: no limit
     ddp_find_unused_parameters: bool = False
 
     def __post_init__(self) -> None:
@@ -78,6 +79,7 @@ class TrainerConfig:
             "log_every": self.log_every >= 1, "num_workers": self.num_workers >= 0,
             "num_threads": self.num_threads is None or self.num_threads >= 1,
             "eval_episodes": self.eval_episodes >= 1,
+            "max_wall_s": self.max_wall_s is None or self.max_wall_s > 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -234,6 +235,7 @@ class Trainer:
         losses: list[tuple[int, float]] = []
         window: list[float] = []
         n_batches = len(self.train_loader)
+        deadline = None if cfg.max_wall_s is None else time.monotonic() + cfg.max_wall_s
         try:
             while self.step < end:
                 self._start_epoch()
@@ -248,6 +250,9 @@ class Trainer:
                     window.append(loss)
                     if self.batch_in_epoch >= n_batches:
                         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    if deadline is not None and self._out_of_time(deadline):
+                        monitor.message(f"step {self.step}: trainer.max_wall_s={cfg.max_wall_s:g} reached; stopping")
+                        end = self.step
                     if self.step % cfg.log_every == 0 or self.step == end:
                         self._log_train(monitor, window, out)
                         window = []
@@ -261,6 +266,17 @@ class Trainer:
         best = self.out_dir / "best"
         return TrainResult(self.out_dir, self.step, self.out_dir / "last", best if best.exists() else None,
                            dict(self.metrics), losses)
+
+    def _out_of_time(self, deadline: float) -> bool:
+        late = time.monotonic() >= deadline
+        if self.acc.num_processes == 1:
+            return late
+        # Every process must stop at the same step: agree (max over processes) at log steps only, so the
+        # check costs no collective on other steps.
+        if self.step % self.cfg.log_every != 0:
+            return False
+        flag = self.acc.reduce(torch.tensor(float(late), device=self.acc.device), reduction="max")
+        return bool(flag.item())
 
     def _start_epoch(self) -> None:
         self._sampler.set_epoch(self.epoch)
