@@ -134,8 +134,13 @@ class MetaWorldEnv(gym.Env):
         max_episode_steps: int = MAX_EPISODE_STEPS,
         task_sampling: TaskSampling = "mt1",
         terminate_on_success: bool = True,
+        reward_mode: str = "dense",
     ) -> None:
-        """Create the env; `task` is a Meta-World name without the version suffix, e.g. "drawer-open"."""
+        """Create the env; `task` is a Meta-World name without the version suffix, e.g. "drawer-open".
+
+        reward_mode "dense" is Meta-World's shaped reward (0-10 per step); "sparse" is 1 on the step that
+        succeeds, else 0. Use "sparse" for RL with terminate_on_success: a positive dense reward per step
+        would pay a policy for *not* ending the episode by succeeding."""
         self.env_name = f"{task}-v3"
         if self.env_name not in ALL_V3_ENVIRONMENTS:
             raise ValueError(
@@ -150,6 +155,8 @@ class MetaWorldEnv(gym.Env):
             raise ValueError(f"task_sampling must be 'mt1' or 'seeded', got {task_sampling!r}")
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        if reward_mode not in ("dense", "sparse"):
+            raise ValueError(f"reward_mode must be 'dense' or 'sparse', got {reward_mode!r}")
         self.image_size = parse_image_size(image_size, "image_size")
         self.render_size = parse_image_size(render_size, "render_size")
         self.cameras = tuple(cameras) if obs_mode != "state" else ()
@@ -166,6 +173,7 @@ class MetaWorldEnv(gym.Env):
         self.max_episode_steps = max_episode_steps
         self.task_sampling = task_sampling
         self.terminate_on_success = terminate_on_success
+        self.reward_mode = reward_mode
 
         self._mw = ALL_V3_ENVIRONMENTS[self.env_name]()
         # Our own step limit replaces Meta-World's; its env refuses to step past max_path_length.
@@ -228,6 +236,8 @@ class MetaWorldEnv(gym.Env):
         success = bool(mw_info.get("success", False))
         terminated = success and self.terminate_on_success
         truncated = self._steps >= self.max_episode_steps and not terminated
+        if self.reward_mode == "sparse":
+            reward = float(success)
         return self._observation(), float(reward), terminated, truncated, self._info(success, mw_info)
 
     def render(self) -> np.ndarray | None:

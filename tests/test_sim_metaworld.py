@@ -152,6 +152,8 @@ def test_bad_input_is_rejected_with_a_clear_message() -> None:
         MetaWorldEnv("reach", obs_mode="rgb")
     with pytest.raises(ValueError, match="unknown camera"):
         MetaWorldEnv("reach", cameras=("wrist",))
+    with pytest.raises(ValueError, match="reward_mode"):
+        MetaWorldEnv("reach", reward_mode="shaped")
     env = MetaWorldEnv("reach", obs_mode="state")
     with pytest.raises(RuntimeError, match="reset"):
         env.step(np.zeros(4, dtype=np.float32))
@@ -169,6 +171,20 @@ def test_expert_succeeds(task: str) -> None:
         success, steps = _rollout(env, expert, seed, max_steps=500)
         assert success, f"{task} expert failed on seed {seed}"
         assert steps < 500
+    env.close()
+
+
+def test_sparse_reward_pays_only_the_success_step() -> None:
+    env = make_env("metaworld_reach", obs_mode="state", reward_mode="sparse")
+    expert = make_expert("metaworld_reach", env)
+    obs, info = env.reset(seed=0)
+    expert.reset(0)
+    rewards, terminated = [], False
+    while not terminated and len(rewards) < 500:
+        obs, reward, terminated, _, info = env.step(expert.act(obs, info))
+        rewards.append(reward)
+    assert terminated and info["success"]
+    assert rewards[-1] == 1.0 and sum(rewards) == 1.0  # dense mode pays 0-10 on every step
     env.close()
 
 
