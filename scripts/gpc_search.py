@@ -43,6 +43,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parents", nargs=2, required=True, help="two checkpoint directories")
     ap.add_argument("--task", default="embedded_push", help="configs/task/<task>.yaml")
+    ap.add_argument("--env", default=None,
+                    help="sim task overriding the config's env, e.g. --task metaworld --env metaworld_door-open")
     ap.add_argument("--grid", default="0,0.25,0.5,0.75,1", help="weights of the first parent to search")
     ap.add_argument("--val-seed", type=int, default=200_000)
     ap.add_argument("--val-episodes", type=int, default=20)
@@ -54,8 +56,14 @@ def main() -> None:
     ap.add_argument("--save-composed", default=None, help="write the chosen composition as a checkpoint here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    task = yaml.safe_load(Path(f"configs/task/{args.task}.yaml").read_text())
-    out = Path(args.out or f"results/gpc_{args.task}.json")
+    task_file = Path(f"configs/task/{args.task}.yaml")
+    if not task_file.is_file():
+        ap.error(f"--task {args.task}: no {task_file}; choose one of "
+                 f"{sorted(p.stem for p in Path('configs/task').glob('*.yaml'))} (and --env for the sim task)")
+    task = yaml.safe_load(task_file.read_text())
+    if args.env:
+        task["env"] = args.env
+    out = Path(args.out or f"results/gpc_{args.env or args.task}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     grid = [float(w) for w in args.grid.split(",")]
     t0 = time.perf_counter()
@@ -85,7 +93,7 @@ def main() -> None:
         print(f"held-out {k}: {r['success_rate']:.2f} {r['ci95']}", flush=True)
     parents_meta = [{"path": str(c.path), "policy": c.config["policy"]["name"], "nfe": c.policy.nfe,
                      "train_step": c.meta.get("step")} for c in loaded]
-    result = {"task": args.task, "parents": parents_meta, "grid": grid, "val_seed": args.val_seed,
+    result = {"task": args.env or args.task, "parents": parents_meta, "grid": grid, "val_seed": args.val_seed,
               "val_episodes": args.val_episodes, "test_seed": args.test_seed, "test_episodes": args.test_episodes,
               "noise_seed": args.noise_seed, "val": val, "best_w": best["w"], "test": test,
               "wall_s": time.perf_counter() - t0, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
