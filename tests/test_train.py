@@ -76,10 +76,12 @@ def test_amp_bf16_on_cpu_trains(store, tmp_path):
 
 
 def test_wall_budget_stops_early_and_writes_last(store, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
     import robopolicy.train.trainer as trainer_mod
 
-    clock = iter(range(0, 10**6, 10))  # every monotonic() call advances 10 s; the budget is 45 s
-    monkeypatch.setattr(trainer_mod.time, "monotonic", lambda: float(next(clock)))
+    clock = iter(range(0, 10**6, 10))  # every monotonic() call in the trainer advances 10 s; the budget is 45 s
+    monkeypatch.setattr(trainer_mod, "time", SimpleNamespace(monotonic=lambda: float(next(clock))))
     result = train(_task(store), "test_mlp", {}, _cfg(tmp_path / "w", steps=60, max_wall_s=45.0, val_every=0))
     assert 1 <= result.step < 10
     meta = json.loads((tmp_path / "w" / "last" / "meta.json").read_text())
