@@ -4,7 +4,8 @@ Measures, at equal network sizes and NFE, interleaving the two implementations s
 hits both alike (medians over repetitions, ratios ours / LeRobot):
 - inference latency at batch 1: one network evaluation and a DDIM-10 chunk (ours in fp32 and with int8 UNet
   weights, `robopolicy.load(path, quantize="int8")`);
-- training throughput: samples/s of a full step (forward, backward, AdamW) at the given batch size.
+- training throughput: samples/s of a full step (forward, backward, AdamW) at the given batch size; ours with
+  the optimizer `robopolicy train` builds (fused AdamW), LeRobot's with torch's default AdamW as its trainer.
 
 Configurations: `state` (Diffusion Policy's low-dim UNet, down_dims 256-512-1024, ~65 M parameters, PushT-like
 state 2 + environment state 18), `image` (LeRobot's default UNet, 512-1024-2048, plus a GroupNorm ResNet-18 on one 96x96 camera with
@@ -34,6 +35,8 @@ from robopolicy.nn.vision import ImageEncoderConfig
 from robopolicy.policies.base import PolicySpec
 from robopolicy.policies.diffusion import DiffusionPolicy
 from robopolicy.policies.obs_conditioning import ObsEncoderConfig
+from robopolicy.train.config import TrainerConfig
+from robopolicy.train.optim import make_optimizer
 
 HORIZON, N_OBS, N_ACT, ACTION_DIM, STATE_DIM, ENV_DIM = 16, 2, 8, 2, 2, 18
 
@@ -157,7 +160,7 @@ def bench_config(name: str, c: BenchConfig, reps: int, calls: int, train_batch: 
         obt, tbt = batches(c, train_batch)
         ours.train()
         theirs.train()
-        opt_o = torch.optim.AdamW(ours.parameters(), lr=1e-4)
+        opt_o = make_optimizer(ours, TrainerConfig(lr=1e-4))  # what `robopolicy train` uses (fused AdamW)
         opt_t = torch.optim.AdamW(theirs.parameters(), lr=1e-4)
 
         def step_ours():
