@@ -12,6 +12,7 @@ state 2 + environment state 18), `image` (LeRobot's default UNet, 512-1024-2048,
 an 84x84 crop, ~263 M parameters) and `cpu` (our CPU preset, down_dims 64-128-256, state only).
 
     python scripts/bench_policy_speed.py --configs state cpu image --reps 5 --out results/bench_policy_speed.json
+    python scripts/bench_policy_speed.py --configs cpu --compile      # + our step with trainer.compile=true
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ def n_params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def bench_config(name: str, c: BenchConfig, reps: int, calls: int, train_batch: int, train_steps: int) -> dict:
+def bench_config(name: str, c: BenchConfig, reps: int, calls: int, train_batch: int, train_steps: int,
+                 compile_: bool = False) -> dict:
     torch.manual_seed(0)
     ours, theirs = build_ours(c), build_lerobot(c)
     res: dict[str, Any] = {"params_ours": n_params(ours), "params_lerobot": n_params(theirs)}
@@ -175,16 +177,35 @@ def bench_config(name: str, c: BenchConfig, reps: int, calls: int, train_batch: 
             loss.backward()
             opt_t.step()
 
-        step_ours()
-        step_theirs()  # warm-up (allocations, optimizer state)
-        tr: dict[str, list[float]] = {"ours": [], "lerobot": []}
+        steps = {"ours": step_ours, "lerobot": step_theirs}
+        if compile_:  # `robopolicy train trainer.compile=true`: the same weights, the loss call compiled
+            ours_c = copy.deepcopy(ours)
+            opt_c = make_optimizer(ours_c, TrainerConfig(lr=1e-4))
+            loss_c = torch.compile(ours_c.compute_loss)
+
+            def step_ours_compiled():
+                loss = loss_c(obt)["loss"]
+                opt_c.zero_grad(set_to_none=True)
+                loss.backward()
+                opt_c.step()
+
+            t0 = time.perf_counter()
+            step_ours_compiled()
+            step_ours_compiled()  # the backward graph compiles on the first call, re-specialisations after it
+            res["compile_s"] = time.perf_counter() - t0
+            steps["ours_compiled"] = step_ours_compiled
+        for fn in steps.values():
+            fn()  # warm-up (allocations, optimizer state)
+        tr: dict[str, list[float]] = {k: [] for k in steps}
         for _ in range(max(1, reps // 2)):
-            tr["ours"] += timed(step_ours, train_steps)
-            tr["lerobot"] += timed(step_theirs, train_steps)
+            for k, fn in steps.items():
+                tr[k] += timed(fn, train_steps)
         for k, v in tr.items():
             res[f"train_step_{k}_ms_median"] = statistics.median(v)
             res[f"train_samples_per_s_{k}"] = train_batch * 1e3 / statistics.median(v)
         res["train_speedup"] = res["train_samples_per_s_ours"] / res["train_samples_per_s_lerobot"]
+        if compile_:
+            res["train_speedup_compiled"] = res["train_samples_per_s_ours_compiled"] / res["train_samples_per_s_lerobot"]
         res["train_batch"] = train_batch
     return res
 
@@ -196,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--calls", type=int, default=6, help="network evaluations per repetition")
     ap.add_argument("--train-batch", type=int, default=64)
     ap.add_argument("--train-steps", type=int, default=2, help="training steps per repetition (0: skip)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time our training step with the loss compiled (trainer.compile=true)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is stable on a shared 2-core box)")
     ap.add_argument("--out", default="results/bench_policy_speed.json")
     args = ap.parse_args(argv)
@@ -206,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     for name in args.configs:
         t0 = time.time()
-        r = bench_config(name, CONFIGS[name], args.reps, args.calls, args.train_batch, args.train_steps)
+        r = bench_config(name, CONFIGS[name], args.reps, args.calls, args.train_batch, args.train_steps, args.compile)
         r["wall_s"] = time.time() - t0
         result["configs"][name] = r
         print(f"{name}: params ours {r['params_ours'] / 1e6:.1f} M / LeRobot {r['params_lerobot'] / 1e6:.1f} M | "
@@ -215,7 +238,10 @@ def main(argv: list[str] | None = None) -> None:
               f"(x{r['chunk_ratio']:.2f}; int8 {r['chunk_ours_int8_ms_median']:.0f} ms, x{r['chunk_ratio_int8']:.2f})"
               + (
                   f" | train {r['train_samples_per_s_ours']:.1f} vs {r['train_samples_per_s_lerobot']:.1f} "
-                  f"samples/s (x{r['train_speedup']:.2f})" if "train_speedup" in r else ""), flush=True)
+                  f"samples/s (x{r['train_speedup']:.2f})" if "train_speedup" in r else "")
+              + (f" | compiled {r['train_samples_per_s_ours_compiled']:.1f} samples/s "
+                 f"(x{r['train_speedup_compiled']:.2f}, {r['compile_s']:.0f} s to compile)"
+                 if "train_speedup_compiled" in r else ""), flush=True)
     result["load_avg_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -49,6 +49,9 @@ class TrainerConfig:
     ema_max_decay: float = 0.9999
     grad_clip: float | None = 10.0  # max global grad norm; None disables
     amp: bool = False  # bf16 autocast on CPU, fp16 with loss scaling on CUDA
+    # torch.compile the loss (forward + backward): fuses the UNet's Mish / GroupNorm / elementwise ops. Costs
+    # 1-4 minutes of compilation at the start, pays off on runs of more than a few thousand steps (docs/results.md).
+    compile: bool = False
     cpu: bool = False  # force the CPU even when a GPU is visible
     val_every: int = 500  # steps between validation losses; 0 disables
     val_batches: int = 8  # batches of the val split per validation (0: the whole split)

@@ -155,6 +155,13 @@ class Trainer:
         self._sampler = self.train_loader.sampler
         self.loss_module, self.optimizer, self.train_loader = acc.prepare(
             _LossModule(self.policy), self.optimizer, self.train_loader)
+        self._loss_call = self.loss_module
+        if cfg.compile:
+            import torch._dynamo as dynamo
+
+            # A head whose loss dynamo cannot trace (e.g. torch.func.jvp) runs that part eagerly instead of failing.
+            dynamo.config.suppress_errors = True
+            self._loss_call = torch.compile(self.loss_module)  # wraps the call only: state dicts keep their keys
         self.val_loader = (make_loader(self.val_ds, cfg.batch_size, cfg.seed, 0, False, False)
                            if self.val_ds is not None else None)
         if self.ema is not None:
@@ -292,7 +299,7 @@ class Trainer:
         self.loss_module.train()
         batch = normalize_batch(batch, self.normalizer, self.task.action_key)
         with acc.autocast():
-            out = self.loss_module(batch)
+            out = self._loss_call(batch)
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {self.step + 1}; lower trainer.lr or turn "
