@@ -3,9 +3,10 @@
 Each entry is `label=CHECKPOINT[,key=value...]`: the key=values are the head's inference settings
 (`robopolicy.load(path, **settings)`), so one diffusion checkpoint can appear as DDPM-100 and DDIM-10 next
 to one-step heads trained from it (consistency) or beside it (MeanFlow). For every entry the script
-evaluates the same seeds (the eval runner, in-process) and measures the batch-1 latency of one chunk
-in isolation (median of `--latency-calls` calls on observations from the task, one torch thread, after
-warm-up), then writes a JSON file and prints a markdown table.
+evaluates the same seeds (the eval runner, in-process) and measures the batch-1 latency of one chunk (median
+of `--latency-calls` calls on an observation from the task, one torch thread, after warm-up; all entries timed
+round-robin so that load on a shared machine hits them alike), then writes a JSON file and prints a markdown
+table. `--episodes 0` measures the latencies only.
 
     python scripts/bench_samplers.py --task pusht --episodes 50 \
         ddpm100=runs/pusht_kp_dp_s0/last,scheduler=ddpm,num_inference_steps=100 \
@@ -48,8 +49,8 @@ def parse_entry(text: str) -> tuple[str, str, dict[str, Any]]:
     return label, path, settings
 
 
-def chunk_latency_ms(agent: Any, task: str, calls: int, seed: int) -> float:
-    """Median wall time of one agent call at batch 1 on a real observation history of the task."""
+def recorded_batch(agent: Any, task: str, seed: int) -> dict[str, np.ndarray]:
+    """One observation history (batch 1) from the task, as the agent's env produces it."""
     import sim
 
     env = sim.make_env(task, **dict(getattr(agent, "env_kwargs", {}) or {}))
@@ -58,22 +59,30 @@ def chunk_latency_ms(agent: Any, task: str, calls: int, seed: int) -> float:
         env = wrapper(env)
     obs, _ = env.reset(seed=seed)
     env.close()
-    batch = {k: np.repeat(np.asarray(v)[None, None], agent.n_obs_steps, axis=1) for k, v in obs.items()}
-    for _ in range(3):
-        agent.act(batch)
-    times = []
+    return {k: np.repeat(np.asarray(v)[None, None], agent.n_obs_steps, axis=1) for k, v in obs.items()}
+
+
+def latency_duel(agents: dict[str, Any], task: str, calls: int, seed: int) -> dict[str, float]:
+    """Median wall time (ms) of one agent call at batch 1, all agents timed round-robin on a real
+    observation of the task, so that load on a shared machine hits every entry alike."""
+    batches = {label: recorded_batch(a, task, seed) for label, a in agents.items()}
+    for label, a in agents.items():
+        for _ in range(3):
+            a.act(batches[label])  # warm-up
+    times: dict[str, list[float]] = {label: [] for label in agents}
     for _ in range(calls):
-        t0 = time.perf_counter()
-        agent.act(batch)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
+        for label, a in agents.items():
+            t0 = time.perf_counter()
+            a.act(batches[label])
+            times[label].append((time.perf_counter() - t0) * 1e3)
+    return {label: float(np.median(v)) for label, v in times.items()}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("entries", nargs="+", help="label=CHECKPOINT[,key=value...]")
     parser.add_argument("--task", required=True, help="sim task, e.g. pusht")
-    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--episodes", type=int, default=50, help="evaluation episodes per entry (0: latency only)")
     parser.add_argument("--seed", type=int, default=100000, help="first evaluation seed")
     parser.add_argument("--latency-calls", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
@@ -87,23 +96,26 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     entries = [parse_entry(e) for e in args.entries]
+    if len({label for label, _, _ in entries}) != len(entries):
+        raise SystemExit("error: entry labels must be distinct")
+    agents = {label: robopolicy.load(path, seed=0, **settings) for label, path, settings in entries}
+    latency = latency_duel(agents, args.task, args.latency_calls, args.seed)
     rows = []
     for label, path, settings in entries:
-        agent = robopolicy.load(path, seed=0, **settings)
-        latency = chunk_latency_ms(agent, args.task, args.latency_calls, args.seed)
+        agent = agents[label]
         agent.reset()
-        t0 = time.time()
-        result = evaluate(agent, args.task, n_episodes=args.episodes, seed=args.seed, n_workers=1,
-                          videos_per_outcome=0, progress=False)
-        s = result.summary
         row = {"label": label, "checkpoint": path, "settings": settings, "nfe": int(agent.nfe),
-               "success_rate": s["success_rate"], "n_success": s["n_success"], "n_episodes": s["n_episodes"],
-               "success_ci95": s["success_ci95"], "score_mean": s["score_mean"], "score_std": s["score_std"],
-               "latency_ms_batch1": latency, "eval_latency_ms_median": s["latency_ms_median"],
-               "eval_wall_s": time.time() - t0}
+               "latency_ms_batch1": latency[label]}
+        if args.episodes > 0:
+            t0 = time.time()
+            s = evaluate(agent, args.task, n_episodes=args.episodes, seed=args.seed, n_workers=1,
+                         videos_per_outcome=0, progress=False).summary
+            row.update({"success_rate": s["success_rate"], "n_success": s["n_success"], "n_episodes": s["n_episodes"],
+                        "success_ci95": s["success_ci95"], "score_mean": s["score_mean"], "score_std": s["score_std"],
+                        "eval_latency_ms_median": s["latency_ms_median"], "eval_wall_s": time.time() - t0})
+            print(f"{label}: success {s['n_success']}/{s['n_episodes']}, score {s['score_mean']:.3f}, "
+                  f"NFE {agent.nfe}, {latency[label]:.2f} ms/chunk", flush=True)
         rows.append(row)
-        print(f"{label}: success {s['n_success']}/{s['n_episodes']}, score {s['score_mean']:.3f}, "
-              f"NFE {agent.nfe}, {latency:.2f} ms/chunk", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"task": args.task, "episodes": args.episodes, "seed": args.seed,
@@ -113,9 +125,13 @@ def main() -> int:
     print(f"\n| head / sampler | NFE | success | score (mean max coverage) | ms / chunk, batch 1 | vs {rows[0]['label']} |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        lo, hi = r["success_ci95"]
-        print(f"| {r['label']} | {r['nfe']} | {r['n_success']}/{r['n_episodes']} ([{lo:.0%}, {hi:.0%}]) | "
-              f"{r['score_mean']:.3f} | {r['latency_ms_batch1']:.2f} | x{r['latency_ms_batch1'] / ref:.3f} |")
+        if "success_ci95" in r:
+            lo, hi = r["success_ci95"]
+            success, score = f"{r['n_success']}/{r['n_episodes']} ([{lo:.0%}, {hi:.0%}])", f"{r['score_mean']:.3f}"
+        else:
+            success, score = "not evaluated", "-"
+        print(f"| {r['label']} | {r['nfe']} | {success} | {score} | {r['latency_ms_batch1']:.2f} | "
+              f"x{r['latency_ms_batch1'] / ref:.3f} |")
     print(f"\nwrote {out}")
     return 0
 
