@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -94,4 +95,5 @@ def test_stale_observations_are_rejected_and_hold(sim_arm):
     worker.stop()
     assert loop.stale_observations >= 5 and loop.chunks_received == 0  # never an input to the policy
     assert loop.safety.log.counts["stale_obs"] > 0
-    assert "'images/front' is 1000 ms old" in loop.safety.log.recent[-1].reason
+    # the loop reads its clock just before the camera stamps the frame, so the age is 1 s minus that gap
+    assert re.search(r"'images/front' is (99\d|100\d) ms old", loop.safety.log.recent[-1].reason)

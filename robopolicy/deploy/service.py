@@ -108,7 +108,7 @@ class DeploymentService:
             self.loop.stop()
             if self.loop.worker is not None:
                 self.loop.worker.stop()
-        for t in self._saving:
+        for t in list(self._saving):
             t.join(timeout=30)
         if self.started:
             self.robot.disconnect()
@@ -233,8 +233,8 @@ class DeploymentService:
         assert self.loop is not None
         recorder = self.loop.recorder
         t = threading.Thread(target=self._finish, args=(end, recorder, False, True), daemon=True)
+        t.start()  # before it is listed: reset() and close() join whatever is listed, from other threads
         self._saving.append(t)
-        t.start()
 
     def _finish(self, end: EpisodeEnd, recorder: Any, discard: bool, wait: bool) -> dict[str, Any]:
         with self._lock:
@@ -281,7 +281,7 @@ class DeploymentService:
         with self._lock:
             if loop.running:
                 raise ServiceError("an episode is running; stop it before reset")
-            for t in self._saving:
+            for t in list(self._saving):
                 t.join(timeout=30)
             self._saving = [t for t in self._saving if t.is_alive()]
             loop.safety.clear_estop()
