@@ -278,11 +278,12 @@ class DeploymentService:
         deadline = time.monotonic() + 2.0
         while loop.running and loop.safety.estopped and time.monotonic() < deadline:
             time.sleep(0.01)
+        # outside the lock: a saving thread takes it in _finish, and joining it under the lock would stall 30 s
+        for t in list(self._saving):
+            t.join(timeout=30)
         with self._lock:
             if loop.running:
                 raise ServiceError("an episode is running; stop it before reset")
-            for t in list(self._saving):
-                t.join(timeout=30)
             self._saving = [t for t in self._saving if t.is_alive()]
             loop.safety.clear_estop()
             loop.safety.reset_motion()
