@@ -59,7 +59,8 @@ def recorded_batch(agent: Any, task: str, seed: int) -> dict[str, np.ndarray]:
         env = wrapper(env)
     obs, _ = env.reset(seed=seed)
     env.close()
-    return {k: np.repeat(np.asarray(v)[None, None], agent.n_obs_steps, axis=1) for k, v in obs.items()}
+    return {k: np.repeat(np.asarray(v)[None, None], agent.n_obs_steps, axis=1) for k, v in obs.items()
+            if not isinstance(v, str)}  # an instruction string is no array input
 
 
 def latency_duel(agents: dict[str, Any], task: str, calls: int, seed: int) -> dict[str, float]:
@@ -67,6 +68,7 @@ def latency_duel(agents: dict[str, Any], task: str, calls: int, seed: int) -> di
     observation of the task, so that load on a shared machine hits every entry alike."""
     batches = {label: recorded_batch(a, task, seed) for label, a in agents.items()}
     for label, a in agents.items():
+        a.reset()  # a streaming agent starts from an empty buffer, then keeps streaming through the duel
         for _ in range(3):
             a.act(batches[label])  # warm-up
     times: dict[str, list[float]] = {label: [] for label in agents}

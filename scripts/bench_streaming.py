@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from bench_samplers import latency_duel  # the round-robin latency duel (scripts/ is on sys.path when run)
 
 import robopolicy
 from robopolicy.eval import evaluate
@@ -52,31 +51,6 @@ def make_variant(variant: str, args: argparse.Namespace) -> Any:
     # the plain PolicyAgent calls predict_chunk: a full N-level denoise per call
     return PolicyAgent(agent.policy, agent.normalizer, action_key=agent.action_key, env_kwargs=agent.env_kwargs,
                        seed=args.seed)
-
-
-def recorded_obs(agent: Any, task: str, seed: int) -> dict[str, np.ndarray]:
-    """One observation history (batch 1) from the task's env, for the latency duel."""
-    from sim.registry import make_env
-
-    env = make_env(task, **dict(agent.env_kwargs))
-    obs, _ = env.reset(seed=seed)
-    env.close()
-    return {k: np.stack([np.asarray(v)] * agent.n_obs_steps)[None] for k, v in obs.items()
-            if not isinstance(v, str)}
-
-
-def latency_duel(agents: dict[str, Any], obs: dict[str, np.ndarray], repeats: int) -> dict[str, float]:
-    """Median ms per act() of each agent, interleaved round-robin (streaming agents keep streaming)."""
-    times: dict[str, list[float]] = {k: [] for k in agents}
-    for a in agents.values():
-        a.reset()
-        a.act(obs)  # warm-up
-    for _ in range(repeats):
-        for name, a in agents.items():
-            t0 = time.perf_counter()
-            a.act(obs)
-            times[name].append((time.perf_counter() - t0) * 1000)
-    return {k: round(statistics.median(v), 3) for k, v in times.items()}
 
 
 def main() -> None:
@@ -112,7 +86,7 @@ def main() -> None:
         rows[name] = row
         print(name, json.dumps(row))
 
-    duel = latency_duel(agents, recorded_obs(next(iter(agents.values())), args.task, args.eval_seed), args.repeats)
+    duel = {k: round(v, 3) for k, v in latency_duel(agents, args.task, args.repeats, args.eval_seed).items()}
     ref = args.variants[0]
     for name, ms in duel.items():
         rows[name]["duel_latency_ms_median"] = ms
