@@ -278,7 +278,11 @@ class DeploymentService:
         deadline = time.monotonic() + 2.0
         while loop.running and loop.safety.estopped and time.monotonic() < deadline:
             time.sleep(0.01)
-        # outside the lock: a saving thread takes it in _finish, and joining it under the lock would stall 30 s
+        # The loop clears `running` and then hands the episode to a saving thread, both under loop.lock:
+        # taking that lock once makes sure the thread is listed before we join it.
+        with loop.lock:
+            pass
+        # outside self._lock: a saving thread takes it in _finish, and joining it under the lock would stall 30 s
         for t in list(self._saving):
             t.join(timeout=30)
         with self._lock:
