@@ -1,0 +1,169 @@
+"""ReinFlow, DSRL and RL-100 side by side from ONE start checkpoint: the [G] benchmark in one command.
+
+Each method runs as its own `robopolicy finetune` process, all at once (give each a share of the cores with
+--threads and the method's env count), under the same wall-clock budget and the same task overrides. When all
+have ended, every final checkpoint (and the start) is evaluated by the eval runner on the same seeds, with the
+task's own episode limit (or --eval-max-steps). Writes <out>/bench_rl.json (per method: env steps, wall time,
+success before / after with 95% intervals, the learning curve) and <out>/bench_rl.png (eval success vs
+environment steps and vs wall time, the three methods on one pair of axes).
+
+    .venv/bin/python scripts/bench_rl.py --start runs/rl_start/reach_flow_5demo/last --out runs/bench_rl/reach \\
+        --wall-s 1800 --task-args task=metaworld task.env=metaworld_reach task.store=data/metaworld/reach.zarr \\
+        +task.env_kwargs.reward_mode=sparse task.max_episode_steps=120 --eval-task metaworld_reach --eval-max-steps 500
+
+Method settings beyond the budget come from configs/algo/<method>.yaml; add overrides per method with
+--reinflow-args / --dsrl-args / --rl100-args (hydra syntax, e.g. algo.ppo.n_envs=32). RL-100 has no wall budget
+of its own for the offline stage: size it with algo.offline_iterations / algo.offline_steps; its online stage gets
+what is left of --wall-s. On a 2-core machine run one method at a time (--methods dsrl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# The budget knob of each method and where it writes the checkpoint to evaluate.
+BUDGET = {
+    "reinflow": lambda s: [f"algo.wall_budget_s={s}", "algo.iterations=100000"],
+    "dsrl": lambda s: [f"algo.max_wall_s={s}", "algo.total_env_steps=100000000"],
+    "rl100": lambda s: [f"algo.online_wall_budget_s={max(1, s // 3)}", "algo.online_iterations=100000"],
+}
+FINAL = {"reinflow": "final", "dsrl": "last", "rl100": "final"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--start", required=True, help="the imitation checkpoint every method starts from")
+    ap.add_argument("--out", required=True, type=Path, help="output folder (one sub-folder per method)")
+    ap.add_argument("--task-args", nargs="+", required=True, help="task overrides shared by every method")
+    ap.add_argument("--methods", nargs="+", default=["reinflow", "dsrl", "rl100"], choices=sorted(BUDGET))
+    ap.add_argument("--wall-s", type=int, default=1800, help="training wall-clock budget per method (seconds)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per method")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-task", required=True, help="sim task name for the final evaluation (e.g. metaworld_reach)")
+    ap.add_argument("--eval-episodes", type=int, default=50)
+    ap.add_argument("--eval-workers", type=int, default=1)
+    ap.add_argument("--eval-max-steps", type=int, default=None, help="episode limit of the final evaluation")
+    for m in BUDGET:
+        ap.add_argument(f"--{m}-args", nargs="*", default=[], help=f"extra overrides for {m}")
+    return ap.parse_args(argv)
+
+
+def robopolicy_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "robopolicy.cli.main", *args]
+
+
+def launch(method: str, args: argparse.Namespace) -> subprocess.Popen:
+    out = args.out / method
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = robopolicy_cmd("finetune", f"algo={method}", f"checkpoint={args.start}", *args.task_args,
+                         f"seed={args.seed}", f"algo.num_threads={args.threads}", *BUDGET[method](args.wall_s),
+                         *getattr(args, f"{method}_args"), f"out_dir={out}")
+    (out / "command.txt").write_text(" ".join(cmd) + "\n")
+    log = open(out / "finetune.log", "w")
+    print(f"[{method}] started: log {out / 'finetune.log'}", flush=True)
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def evaluate(name: str, checkpoint: Path | str, args: argparse.Namespace) -> dict | None:
+    out = args.out / f"eval_{name}"
+    cmd = robopolicy_cmd("eval", f"checkpoint={checkpoint}", f"task={args.eval_task}",
+                         f"episodes={args.eval_episodes}", f"workers={args.eval_workers}", f"seed={100000}",
+                         "videos=0", "progress=false", f"out={out}")
+    if args.eval_max_steps:
+        cmd.append(f"max_steps={args.eval_max_steps}")
+    with open(args.out / f"eval_{name}.log", "w") as log:
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+    f = out / "eval.json"
+    if rc != 0 or not f.exists():
+        print(f"[{name}] evaluation failed (exit {rc}): see {args.out / f'eval_{name}.log'}", flush=True)
+        return None
+    s = json.loads(f.read_text())["summary"]
+    return {k: s[k] for k in ("n_success", "n_episodes", "success_rate", "success_ci95", "length_mean")}
+
+
+def curve(method_dir: Path) -> list[dict]:
+    """The eval points of a run's metrics.jsonl: env steps, wall time, success."""
+    rows = []
+    f = method_dir / "metrics.jsonl"
+    if not f.exists():
+        return rows
+    for line in f.read_text().splitlines():
+        r = json.loads(line)
+        if "eval/success_rate" in r:
+            rows.append({"env_steps": r.get("env_steps", 0), "wall_s": r.get("wall_s", 0.0),
+                         "success": r["eval/success_rate"]})
+    return rows
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for m, r in result["methods"].items():
+        c = r["curve"]
+        if not c:
+            continue
+        for ax, key in zip(axes, ("env_steps", "wall_s"), strict=True):
+            ax.plot([p[key] for p in c], [p["success"] for p in c], marker="o", label=m)
+    start = (result.get("start_eval") or {}).get("success_rate")
+    for ax, xl in zip(axes, ("environment steps", "wall time (s)"), strict=True):
+        if start is not None:
+            ax.axhline(start, color="grey", ls="--", lw=1, label="start (final-eval protocol)")
+        ax.set_xlabel(xl)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("eval success (in-training protocol)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"RL fine-tuning from {result['start']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    procs = {m: launch(m, args) for m in args.methods}
+    codes = {}
+    for m, p in procs.items():
+        codes[m] = p.wait()
+        print(f"[{m}] finished with exit code {codes[m]} after {time.time() - t0:.0f} s", flush=True)
+    result = {"start": str(args.start), "task_args": args.task_args, "wall_s_budget": args.wall_s,
+              "threads": args.threads, "seed": args.seed, "eval_task": args.eval_task,
+              "eval_episodes": args.eval_episodes, "eval_max_steps": args.eval_max_steps,
+              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "start_eval": evaluate("start", args.start, args),
+              "methods": {}}
+    for m in args.methods:
+        d = args.out / m
+        summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
+        final = d / FINAL[m]
+        result["methods"][m] = {
+            "exit_code": codes[m], "env_steps": summary.get("env_steps"), "train_wall_s": summary.get("wall_s"),
+            "success_before_in_training": summary.get("success_before"),
+            "success_after_in_training": summary.get("success_after"),
+            "final_eval": evaluate(m, final, args) if final.exists() else None, "curve": curve(d)}
+    (args.out / "bench_rl.json").write_text(json.dumps(result, indent=2))
+    plot(result, args.out / "bench_rl.png")
+    s = result["start_eval"]
+    print(f"start: {s['n_success']}/{s['n_episodes']}" if s else "start: evaluation failed")
+    for m, r in result["methods"].items():
+        e = r["final_eval"]
+        got = f"{e['n_success']}/{e['n_episodes']}" if e else "no final checkpoint"
+        print(f"{m:9s} env steps {r['env_steps']}  wall {r['train_wall_s'] or 0:.0f} s  final {got}")
+    print(f"wrote {args.out / 'bench_rl.json'} and {args.out / 'bench_rl.png'}")
+    return 0 if all(c == 0 for c in codes.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
