@@ -2,8 +2,9 @@
 
 Each method runs as its own `robopolicy finetune` process, all at once (give each a share of the cores with
 --threads and the method's env count), under the same wall-clock budget and the same task overrides. When all
-have ended, every final checkpoint (and the start) is evaluated by the eval runner on the same seeds, with the
-task's own episode limit (or --eval-max-steps). Writes <out>/bench_rl.json (per method: env steps, wall time,
+have ended, every final checkpoint (and the start, unless --start-eval gives its eval.json) is evaluated by the
+eval runner on the same seeds (seeds 100000+, all evaluations at once), with the task's own episode limit (or
+--eval-max-steps). Writes <out>/bench_rl.json (per method: env steps, wall time,
 success before / after with 95% intervals, the learning curve) and <out>/bench_rl.png (eval success vs
 environment steps and vs wall time, the three methods on one pair of axes).
 
@@ -50,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--eval-episodes", type=int, default=50)
     ap.add_argument("--eval-workers", type=int, default=1)
     ap.add_argument("--eval-max-steps", type=int, default=None, help="episode limit of the final evaluation")
+    ap.add_argument("--start-eval", default=None,
+                    help="eval.json of the start on the same protocol (skips evaluating the start again)")
     for m in BUDGET:
         ap.add_argument(f"--{m}-args", nargs="*", default=[], help=f"extra overrides for {m}")
     return ap.parse_args(argv)
@@ -71,20 +74,21 @@ def launch(method: str, args: argparse.Namespace) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
-def evaluate(name: str, checkpoint: Path | str, args: argparse.Namespace) -> dict | None:
-    out = args.out / f"eval_{name}"
+def start_eval(name: str, checkpoint: Path | str, args: argparse.Namespace) -> subprocess.Popen:
+    """Launch the final evaluation of one checkpoint (all of them run at once)."""
     cmd = robopolicy_cmd("eval", f"checkpoint={checkpoint}", f"task={args.eval_task}",
-                         f"episodes={args.eval_episodes}", f"workers={args.eval_workers}", f"seed={100000}",
-                         "videos=0", "progress=false", f"out={out}")
+                         f"episodes={args.eval_episodes}", f"workers={args.eval_workers}", "seed=100000",
+                         "videos=0", "progress=false", f"out={args.out / f'eval_{name}'}")
     if args.eval_max_steps:
         cmd.append(f"max_steps={args.eval_max_steps}")
-    with open(args.out / f"eval_{name}.log", "w") as log:
-        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
-    f = out / "eval.json"
-    if rc != 0 or not f.exists():
-        print(f"[{name}] evaluation failed (exit {rc}): see {args.out / f'eval_{name}.log'}", flush=True)
+    log = open(args.out / f"eval_{name}.log", "w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def eval_summary(path: Path) -> dict | None:
+    if not path.exists():
         return None
-    s = json.loads(f.read_text())["summary"]
+    s = json.loads(path.read_text())["summary"]
     return {k: s[k] for k in ("n_success", "n_episodes", "success_rate", "success_ci95", "length_mean")}
 
 
@@ -138,21 +142,27 @@ def main(argv: list[str] | None = None) -> int:
     for m, p in procs.items():
         codes[m] = p.wait()
         print(f"[{m}] finished with exit code {codes[m]} after {time.time() - t0:.0f} s", flush=True)
+    todo = {m: args.out / m / FINAL[m] for m in args.methods if (args.out / m / FINAL[m]).exists()}
+    if args.start_eval is None:
+        todo["start"] = Path(args.start)
+    evals = {name: start_eval(name, ckpt, args) for name, ckpt in todo.items()}
+    for name, p in evals.items():
+        if p.wait() != 0:
+            print(f"[{name}] evaluation failed: see {args.out / f'eval_{name}.log'}", flush=True)
+    start_json = Path(args.start_eval) if args.start_eval else args.out / "eval_start" / "eval.json"
     result = {"start": str(args.start), "task_args": args.task_args, "wall_s_budget": args.wall_s,
               "threads": args.threads, "seed": args.seed, "eval_task": args.eval_task,
               "eval_episodes": args.eval_episodes, "eval_max_steps": args.eval_max_steps,
               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
-              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "start_eval": evaluate("start", args.start, args),
-              "methods": {}}
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "start_eval": eval_summary(start_json), "methods": {}}
     for m in args.methods:
         d = args.out / m
         summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
-        final = d / FINAL[m]
         result["methods"][m] = {
             "exit_code": codes[m], "env_steps": summary.get("env_steps"), "train_wall_s": summary.get("wall_s"),
             "success_before_in_training": summary.get("success_before"),
             "success_after_in_training": summary.get("success_after"),
-            "final_eval": evaluate(m, final, args) if final.exists() else None, "curve": curve(d)}
+            "final_eval": eval_summary(args.out / f"eval_{m}" / "eval.json"), "curve": curve(d)}
     (args.out / "bench_rl.json").write_text(json.dumps(result, indent=2))
     plot(result, args.out / "bench_rl.png")
     s = result["start_eval"]
