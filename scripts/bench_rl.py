@@ -15,7 +15,7 @@ environment steps and vs wall time, the three methods on one pair of axes).
 Method settings beyond the budget come from configs/algo/<method>.yaml; add overrides per method with
 --reinflow-args / --dsrl-args / --rl100-args (hydra syntax, e.g. algo.ppo.n_envs=32). RL-100 has no wall budget
 of its own for the offline stage: size it with algo.offline_iterations / algo.offline_steps; its online stage gets
-what is left of --wall-s. On a 2-core machine run one method at a time (--methods dsrl).
+a third of --wall-s. On a 2-core machine run one method at a time (--methods dsrl).
 """
 
 from __future__ import annotations
