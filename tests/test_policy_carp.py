@@ -127,6 +127,28 @@ def test_teacher_forced_logits_equal_cached_incremental_decode():
         assert len(state["caches"][0]["k"][0, 0]) == p.gpt.n_tokens == 10 * 3
 
 
+def test_gpt_dropout_acts_in_training_only():
+    """gpt.dropout regularises teacher forcing; in eval mode the logits are deterministic and cached decoding
+    still equals teacher forcing."""
+    torch.manual_seed(0)
+    p = _carp(gpt=NextScaleGPTConfig(depth=2, embed_dim=32, num_heads=4, cond_hidden=32, dropout=0.3))
+    _randomize(p)
+    feats = p.obs_encoder({"state": torch.randn(2, 2, 3)})
+    inputs = [torch.randn(2, 2, 4, pn) for pn in (2, 3, 4)]
+    with torch.no_grad():
+        p.train()
+        assert not torch.equal(p.gpt(feats, inputs), p.gpt(feats, inputs))
+        p.eval()
+        full = p.gpt(feats, inputs)
+        assert torch.equal(full, p.gpt(feats, inputs))
+        state = p.gpt.start(feats)
+        for s in range(4):
+            step = p.gpt.step(state, None if s == 0 else inputs[s - 1])
+            torch.testing.assert_close(step, full[:, p.gpt.starts[s]:p.gpt.starts[s + 1]], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="gpt.dropout"):
+        _carp(gpt=NextScaleGPTConfig(depth=2, embed_dim=32, num_heads=4, cond_hidden=32, dropout=1.0))
+
+
 def test_block_causal_mask_hides_finer_scales():
     torch.manual_seed(0)
     p = _carp().eval()

@@ -32,6 +32,7 @@ class NextScaleGPTConfig:
     num_heads: int = 8
     mlp_ratio: float = 4.0
     cond_hidden: int = 256  # hidden width of the MLP that maps observation features to the condition
+    dropout: float = 0.0  # residual and embedding dropout (VAR's drop_rate); the GPT over-fits 50 demos without it
 
 
 class _Attention(nn.Module):
@@ -57,9 +58,10 @@ class _Attention(nn.Module):
 class _AdaLNBlock(nn.Module):
     """Pre-norm transformer block whose norms and residual gates are modulated by the condition."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float = 0.0):
         super().__init__()
         hidden = int(dim * mlp_ratio)
+        self.drop = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = _Attention(dim, heads)
@@ -71,8 +73,8 @@ class _AdaLNBlock(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None,
                 cache: dict[str, torch.Tensor] | None) -> torch.Tensor:
         g1, b1, a1, g2, b2, a2 = self.ada(c)[:, None].chunk(6, dim=-1)
-        x = x + a1 * self.attn(self.norm1(x) * (1 + g1) + b1, mask, cache)
-        return x + a2 * self.mlp(self.norm2(x) * (1 + g2) + b2)
+        x = x + a1 * self.drop(self.attn(self.norm1(x) * (1 + g1) + b1, mask, cache))
+        return x + a2 * self.drop(self.mlp(self.norm2(x) * (1 + g2) + b2))
 
 
 class NextScaleGPT(nn.Module):
@@ -84,6 +86,8 @@ class NextScaleGPT(nn.Module):
         cfg = cfg or NextScaleGPTConfig()
         if cfg.depth < 1 or cfg.embed_dim < 1:
             raise ValueError("gpt.depth and gpt.embed_dim must be >= 1")
+        if not 0.0 <= cfg.dropout < 1.0:
+            raise ValueError(f"gpt.dropout must be in [0, 1), got {cfg.dropout}")
         self.cfg, self.action_dim, self.scales, self.vocab_size = cfg, action_dim, tuple(scales), vocab_size
         d = cfg.embed_dim
         self.tokens_per_scale = [pn * action_dim for pn in self.scales]
@@ -93,7 +97,8 @@ class NextScaleGPT(nn.Module):
         self.pos_embed = nn.Parameter(torch.randn(self.n_tokens, d) * 0.02)
         self.level_embed = nn.Embedding(len(self.scales), d)
         nn.init.normal_(self.level_embed.weight, std=0.02)
-        self.blocks = nn.ModuleList(_AdaLNBlock(d, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.embed_drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(_AdaLNBlock(d, cfg.num_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.depth))
         self.head_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.head_ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
         nn.init.zeros_(self.head_ada[1].weight)
@@ -128,7 +133,7 @@ class NextScaleGPT(nn.Module):
                                  f"got {tuple(features.shape)}")
             x = self.word_embed(features.permute(0, 3, 1, 2).reshape(b, pn * a, ch))
         lo, hi = self.starts[s], self.starts[s + 1]
-        return x + self.pos_embed[lo:hi] + self.level_embed.weight[s]
+        return self.embed_drop(x + self.pos_embed[lo:hi] + self.level_embed.weight[s])
 
     def _head(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         g, b = self.head_ada(c)[:, None].chunk(2, dim=-1)
