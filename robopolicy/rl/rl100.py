@@ -62,6 +62,7 @@ class RL100Config:
     online_wall_budget_s: float | None = None
     distill_steps: int = 500  # one-step CM head (diffusion heads only); 0 disables
     distill_lr: float = 1e-4
+    distill_ema: float = 0.95  # the deployed student is an EMA of the trained one (official: decay 0.95); 0: none
     eval_episodes: int = 50
     eval_workers: int = 2
     n_envs: int = 8
@@ -75,6 +76,8 @@ class RL100Config:
             raise ValueError("num_inference_steps, gate_every and batch_size must be >= 1")
         if self.min_std < 0 or self.flow_std <= 0 or not 0 < self.offline_clip < 1:
             raise ValueError("need min_std >= 0, flow_std > 0 and 0 < offline_clip < 1")
+        if not 0 <= self.distill_ema < 1:
+            raise ValueError(f"distill_ema must be in [0, 1), got {self.distill_ema}")
 
 
 class OPEGate:
@@ -212,14 +215,22 @@ def distill_consistency(teacher: DiffusionPolicy, data: Transitions, cfg: RL100C
     student.obs_encoder.load_state_dict(teacher.obs_encoder.state_dict())
     obs_all = data.tensors()[0]
     n = flat_obs(obs_all).shape[0]
-    opt = torch.optim.Adam(student.parameters(), lr=cfg.distill_lr)
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.distill_lr)
+    ema = [p.detach().clone() for p in params] if cfg.distill_ema > 0 else None
     for _ in range(cfg.distill_steps):
         idx = torch.randint(0, n, (min(cfg.batch_size, n),))
         loss = student.compute_loss({"obs": {k: v[idx] for k, v in obs_all.items()}})["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        if ema is not None:
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - cfg.distill_ema)
+    if ema is not None:
+        with torch.no_grad():
+            for p, e in zip(params, ema, strict=True):
+                p.copy_(e)
     return student
 
 
