@@ -62,7 +62,7 @@ class RL100Config:
     online_wall_budget_s: float | None = None
     distill_steps: int = 500  # one-step CM head (diffusion heads only); 0 disables
     distill_lr: float = 1e-4
-    distill_ema: float = 0.95  # the deployed student is an EMA of the trained one (official: decay 0.95); 0: none
+    distill_ema: float = 0.95  # deploy an EMA of the student (RL-100 keeps one at decay 0.95); 0: the raw student
     eval_episodes: int = 50
     eval_workers: int = 2
     n_envs: int = 8
