@@ -69,20 +69,20 @@ def launch(method: str, args: argparse.Namespace) -> subprocess.Popen:
                          f"seed={args.seed}", f"algo.num_threads={args.threads}", *BUDGET[method](args.wall_s),
                          *getattr(args, f"{method}_args"), f"out_dir={out}")
     (out / "command.txt").write_text(" ".join(cmd) + "\n")
-    log = open(out / "finetune.log", "w")
     print(f"[{method}] started: log {out / 'finetune.log'}", flush=True)
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    with open(out / "finetune.log", "w") as log:  # the child keeps its own handle
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
-def start_eval(name: str, checkpoint: Path | str, args: argparse.Namespace) -> subprocess.Popen:
+def launch_eval(name: str, checkpoint: Path | str, args: argparse.Namespace) -> subprocess.Popen:
     """Launch the final evaluation of one checkpoint (all of them run at once)."""
     cmd = robopolicy_cmd("eval", f"checkpoint={checkpoint}", f"task={args.eval_task}",
                          f"episodes={args.eval_episodes}", f"workers={args.eval_workers}", "seed=100000",
                          "videos=0", "progress=false", f"out={args.out / f'eval_{name}'}")
     if args.eval_max_steps:
         cmd.append(f"max_steps={args.eval_max_steps}")
-    log = open(args.out / f"eval_{name}.log", "w")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    with open(args.out / f"eval_{name}.log", "w") as log:  # the child keeps its own handle
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
 def eval_summary(path: Path) -> dict | None:
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     todo = {m: args.out / m / FINAL[m] for m in args.methods if (args.out / m / FINAL[m]).exists()}
     if args.start_eval is None:
         todo["start"] = Path(args.start)
-    evals = {name: start_eval(name, ckpt, args) for name, ckpt in todo.items()}
+    evals = {name: launch_eval(name, ckpt, args) for name, ckpt in todo.items()}
     for name, p in evals.items():
         if p.wait() != 0:
             print(f"[{name}] evaluation failed: see {args.out / f'eval_{name}.log'}", flush=True)
