@@ -99,3 +99,27 @@ def test_vector_env_collects_episode_stats():
     stats = envs.pop_stats().summary()
     assert stats["episodes"] == 3 and stats["success_rate"] == 1.0 and envs.total_env_steps == 12
     assert envs.pop_stats().summary() == {}
+
+
+class _NoReward(Bandit):
+    def step(self, action):
+        obs, _, term, trunc, _ = super().step(action)
+        return obs, 0.0, term, trunc, {"success": False}
+
+
+def test_a_rollout_without_reward_does_not_move_the_actor():
+    """Sparse-reward pitfall: a batch with no reward is critic noise; the actor must not train on it."""
+    from robopolicy.rl.ppo import PPOHooks
+    from robopolicy.rl.rollout import ChunkVectorEnv
+
+    torch.manual_seed(0)
+    ppo = _ppo(critic_warmup_iters=0)
+    envs = ChunkVectorEnv(lambda: ChunkEnv(_NoReward(), 1, 4, 4), 4, in_process=True)
+    before = [q.detach().clone() for q in ppo.policy.parameters()]
+    rows = []
+    ppo.run(envs, IdentityBatcher(), 0, 1, None, PPOHooks(), lambda i, row: rows.append(row))
+    assert rows[0]["ppo/actor_skipped_rewardless"] == 1.0 and "loss/policy" not in rows[0]
+    assert all(torch.equal(a, b) for a, b in zip(before, ppo.policy.parameters(), strict=True))
+    # with rewards the same loop trains the actor
+    ppo.run(bandit_envs(4), IdentityBatcher(), 0, 2, None, PPOHooks(), lambda i, row: rows.append(row))
+    assert rows[-1]["ppo/actor_skipped_rewardless"] == 0.0 and "loss/policy" in rows[-1]

@@ -1,6 +1,7 @@
 """RL-100 (robopolicy/rl/rl100.py, robopolicy/rl/iql.py): the OPE gate accepts only improvements, IQL's
 expectile loss, the stochastic DDIM chain's ratio is 1 at the start, and on the 2-D toy the gated offline
-stage moves mass to the rewarded mode without ever accepting a worse estimate."""
+stage moves mass to the rewarded mode without ever accepting a worse estimate; so does the imitation
+re-training on the successful rollouts alone."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from rl_toy import SPEC, IdentityBatcher, bandit_envs, mode_stats, pretrained_bi
 from robopolicy.nn import unet_preset
 from robopolicy.policies.diffusion import DiffusionPolicy
 from robopolicy.rl.chain import step_log_probs, stored_step_log_probs
+from robopolicy.rl.il_retrain import SuccessfulChunks, retrain_imitation
 from robopolicy.rl.iql import IQLConfig, IQLCritics, expectile_loss
 from robopolicy.rl.rl100 import (
     OPEGate,
@@ -117,3 +119,24 @@ def test_gated_offline_stage_moves_mass_to_the_rewarded_mode():
     # chunks drift off the demonstrated modes: on-mode 0.36)
     assert mass_after >= 0.9, (mass_before, mass_after)
     assert on_mode > 0.8, on_mode  # within the data's support: near a demonstrated mode
+
+
+def test_imitation_retraining_on_successful_rollouts_moves_mass_to_the_rewarded_mode():
+    """RL-100's per-iteration IL re-training: only the chunks of successful episodes are kept and imitated."""
+    torch.manual_seed(0)
+    policy = pretrained_bimodal_flow(steps=200)
+    mass_before, _ = mode_stats(policy)
+    cfg = RL100Config(num_inference_steps=4, flow_std=0.1)
+    kwargs = make_stochastic(policy, cfg)
+    envs = bandit_envs(8)
+    successes = SuccessfulChunks(8)
+    roll = collect_episodes(policy, envs, IdentityBatcher(), 64, 0, kwargs, Transitions(), successes)
+    assert successes.episodes == round(roll["success_rate"] * roll["episodes"]) > 0
+    # every kept chunk is one that succeeded: its executed x is positive at some step
+    kept = torch.cat(successes.chunks)
+    assert bool((kept[..., 0] > 0).any(1).all())
+    logs = retrain_imitation(policy, successes, None, steps=150, lr=1e-3, batch_size=64, demo_fraction=0.0)
+    mass_after, on_mode = mode_stats(policy)
+    assert logs["il/steps"] == 150 and logs["il/rollout_episodes"] == successes.episodes
+    assert mass_after >= 0.9 > mass_before, (mass_before, mass_after)
+    assert on_mode > 0.8, on_mode

@@ -63,6 +63,9 @@ class PPOConfig:
     reward_scale: float = 1.0
     critic_hidden: tuple[int, ...] = (256, 256)
     critic_warmup_iters: int = 2  # iterations that only fit the critic (DPPO's n_critic_warmup_itr)
+    # Skip the actor's update when the whole rollout earned no reward: with a sparse success reward such a
+    # batch carries no signal, and normalised advantages of pure critic noise drift the policy away.
+    skip_rewardless_updates: bool = True
 
     def validate(self) -> None:
         if self.n_envs < 1 or self.n_steps < 1 or self.update_epochs < 1 or self.minibatch_size < 1:
@@ -185,7 +188,8 @@ class PPO:
         batch = ChainBatch(obs={k: torch.cat([o[k] for o in obs_list]) for k in obs_list[0]},
                            chains=cat_chains(chains), old_step_log_probs=torch.cat(old_lps),
                            advantages=adv.reshape(-1), returns=ret.reshape(-1), old_values=values_t.reshape(-1))
-        return batch, raw_obs, {"time/policy_s": t_policy, "rollout/reward_mean": float(rewards_t.mean())}
+        return batch, raw_obs, {"time/policy_s": t_policy, "rollout/reward_mean": float(rewards_t.mean()),
+                                "rollout/any_reward": float(bool((rewards_t != 0).any()))}
 
     # ------------------------------------------------------------------ update
     def _norm(self, lp: torch.Tensor, chains: Chain) -> torch.Tensor:
@@ -284,7 +288,10 @@ class PPO:
             t1 = time.perf_counter()
             row.update(roll)
             row.update({f"rollout/{k}": v for k, v in envs.pop_stats().summary().items()})
-            row.update(self.update(batch, train_actor=it >= self.cfg.critic_warmup_iters))
+            rewardless = self.cfg.skip_rewardless_updates and not roll["rollout/any_reward"]
+            train_actor = it >= self.cfg.critic_warmup_iters and not rewardless
+            row.update(self.update(batch, train_actor=train_actor))
+            row["ppo/actor_skipped_rewardless"] = float(rewardless)
             t2 = time.perf_counter()
             it += 1
             self.state.iteration = it

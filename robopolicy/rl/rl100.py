@@ -1,7 +1,8 @@
 """RL-100 (ALGORITHMS.md section 8): iterative offline RL with an OPE gate, online PPO, one-step CM head.
 
 Per offline iteration: collect episodes with the accepted policy (chunk-level transitions, appended to the
-dataset), fit IQL critics (robopolicy/rl/iql.py), then PPO on the denoising chain against the frozen
+dataset), re-train the policy by imitation on its demos and the successful rollouts so far (rl/il_retrain.py;
+RL-100's Algorithm 1 re-trains the IL policy on the merged data every iteration), fit IQL critics (robopolicy/rl/iql.py), then PPO on the denoising chain against the frozen
 reference pi_old: chains are sampled from pi_old at dataset states, every denoising step shares the IQL
 advantage A = Q(s, a) - V(s) of the final action (normalised), ratios are per step on the per-dimension
 log-prob, and the clip range decays linearly. Every `gate_every` steps the OPE estimate
@@ -36,6 +37,7 @@ from robopolicy.policies.flow import FlowPolicy
 from robopolicy.policies.registry import build_config
 from robopolicy.rl import common
 from robopolicy.rl.chain import step_log_probs, stored_step_log_probs
+from robopolicy.rl.il_retrain import DemoBatches, SuccessfulChunks, retrain_imitation
 from robopolicy.rl.iql import IQLConfig, IQLCritics
 from robopolicy.rl.ppo import PPO, PPOConfig, PPOHooks, ValueCritic
 
@@ -52,6 +54,11 @@ class RL100Config:
     flow_std: float = 0.1  # per-step std of a flow head's Euler chain
     offline_iterations: int = 2
     episodes_per_iteration: int = 32
+    il_steps: int = 300  # imitation re-training per iteration on demos + successful rollouts; 0 disables
+    il_lr: float = 1e-4
+    il_batch_size: int = 128
+    il_demo_fraction: float = 0.5  # share of each re-training batch drawn from the start checkpoint's demos
+    il_ema: float = 0.99  # the re-trained policy is the EMA of its weights over the re-training steps; 0: raw
     critic_steps: int = 1000
     batch_size: int = 256
     offline_steps: int = 200  # PPO steps per offline iteration
@@ -76,6 +83,10 @@ class RL100Config:
             raise ValueError("num_inference_steps, gate_every and batch_size must be >= 1")
         if self.min_std < 0 or self.flow_std <= 0 or not 0 < self.offline_clip < 1:
             raise ValueError("need min_std >= 0, flow_std > 0 and 0 < offline_clip < 1")
+        if self.il_steps < 0 or self.il_batch_size < 2 or not 0 <= self.il_demo_fraction <= 1:
+            raise ValueError("need il_steps >= 0, il_batch_size >= 2 and 0 <= il_demo_fraction <= 1")
+        if not 0 <= self.il_ema < 1:
+            raise ValueError(f"il_ema must be in [0, 1), got {self.il_ema}")
         if not 0 <= self.distill_ema < 1:
             raise ValueError(f"distill_ema must be in [0, 1), got {self.distill_ema}")
 
@@ -139,13 +150,17 @@ class Transitions:
 
 @torch.no_grad()
 def collect_episodes(policy: GenerativePolicy, envs: Any, batcher: Any, n_episodes: int, seed: int,
-                     kwargs: dict[str, Any], data: Transitions) -> dict[str, float]:
-    """Roll the stochastic chain until `n_episodes` episodes finished; append every transition to `data`."""
+                     kwargs: dict[str, Any], data: Transitions,
+                     successes: SuccessfulChunks | None = None) -> dict[str, float]:
+    """Roll the stochastic chain until `n_episodes` episodes finished; append every transition to `data`
+    (and the sampled chunks of the episodes that succeed to `successes`)."""
     raw = envs.reset(seed)
     while len(envs.stats.success) < n_episodes:
         obs = batcher.obs(raw)
         chain = policy.sample_chain(obs, stochastic=True, **kwargs)
         raw, reward, done, _ = envs.step(batcher.executed_actions(chain.actions))
+        if successes is not None:
+            successes.add(obs, chain.actions, done, envs.last_success)
         data.obs.append(obs)
         data.actions.append(executed(chain.actions, policy.spec))
         data.rewards.append(torch.as_tensor(reward))
@@ -281,22 +296,28 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
     curves.log(0, {"env_steps": 0, "wall_s": 0.0, "eval/success_rate": stages["before"]["success_rate"]})
     data = Transitions()
     critics: IQLCritics | None = None
+    successes = SuccessfulChunks(cfg.n_envs)
+    n_demo = round(cfg.il_batch_size * cfg.il_demo_fraction)
+    demos = DemoBatches(start, n_demo, seed) if cfg.il_steps > 0 and n_demo > 0 else None
     envs = common.make_chunk_envs(task, policy.spec, cfg.n_envs, cfg.context, cfg.in_process)
     try:
         for it in range(cfg.offline_iterations):
-            roll = collect_episodes(policy, envs, batcher, cfg.episodes_per_iteration, seed + 1000 * it, kwargs, data)
+            roll = collect_episodes(policy, envs, batcher, cfg.episodes_per_iteration, seed + 1000 * it, kwargs, data,
+                                    successes)
             env_steps = envs.total_env_steps
+            il_logs = retrain_imitation(policy, successes, demos, cfg.il_steps, cfg.il_lr, cfg.il_batch_size,
+                                        cfg.il_demo_fraction, cfg.il_ema)
             if critics is None:
                 obs0, act0 = data.obs[0], data.actions[0]
                 critics = IQLCritics(flat_obs(obs0).shape[-1], act0.shape[-1], cfg.iql)
             crit_logs = fit_critics(critics, data, cfg.critic_steps, cfg.batch_size)
             gate = offline_improve(policy, critics, data, cfg, kwargs)
             ev = evaluate()
-            stages[f"offline_{it + 1}"] = {**ev, **gate, **crit_logs, "rollout": roll}
+            stages[f"offline_{it + 1}"] = {**ev, **gate, **crit_logs, **il_logs, "rollout": roll}
             curves.log(it + 1, {"env_steps": env_steps, "wall_s": time.perf_counter() - t0,
                                 "rollout/success_rate": roll.get("success_rate", float("nan")),
                                 "eval/success_rate": ev["success_rate"], "offline/accepted": gate["accepted"],
-                                "offline/gate_best": gate["gate_best"], **crit_logs})
+                                "offline/gate_best": gate["gate_best"], **crit_logs, **il_logs})
         save("offline", stage="offline")
         if cfg.online_iterations > 0:
             critic = ValueCritic(policy, cfg.ppo.critic_hidden)

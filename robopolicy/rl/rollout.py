@@ -147,6 +147,8 @@ class ChunkVectorEnv:
             self.envs = make_vector_env(fn, n_envs, context)  # type: ignore[arg-type]
         self.stats = EpisodeStats()
         self.total_env_steps = 0
+        # Per env, whether an episode ended in success on the last step (RL-100 keeps those episodes' chunks).
+        self.last_success = np.zeros(self.n_envs, dtype=bool)
 
     @property
     def chunk_space(self) -> gym.spaces.Box:
@@ -162,10 +164,12 @@ class ChunkVectorEnv:
         done = np.asarray(info["done"], dtype=bool)
         n_steps = int(np.sum(info["env_steps"])) if "env_steps" in info else self.n_envs
         self.total_env_steps += n_steps
+        self.last_success = np.zeros(self.n_envs, dtype=bool)
         if "episode_done" in info:
             mask = info.get("_episode_done", info["episode_done"])
             for i in np.flatnonzero(mask):
                 self.stats.success.append(bool(info["episode_success"][i]))
+                self.last_success[i] = bool(info["episode_success"][i])
                 self.stats.returns.append(float(info["episode_return"][i]))
                 self.stats.lengths.append(int(info["episode_length"][i]))
                 if info["episode_error"][i]:
