@@ -162,6 +162,7 @@ class StreamingDiffusionPolicy(Policy):
         self.cfg = cfg
         self.register_buffer("profile", level_profile(self.spec, cfg.num_inference_steps).to(self.alpha_bar_ext.device),
                              persistent=False)
+        self._level_tables: dict[tuple, torch.Tensor] = {}  # depends on N: rebuilt lazily (`_level_table`)
 
     @property
     def n_levels(self) -> int:
@@ -224,6 +225,36 @@ class StreamingDiffusionPolicy(Policy):
         stride = self.cfg.num_train_timesteps // self.n_levels
         return (levels + 1) * stride - 1
 
+    def _level_table(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """(N + 1, 8) step coefficients of every level n = -1 .. N-1 (row n + 1), in `dtype` on `device`.
+
+        Why: `denoise_step` used to gather alpha_bar per position and derive the coefficients with ~20 small
+        tensor ops per network call. Each coefficient depends on the position's level only, so it is computed
+        here once per level with the same elementwise ops on the same values (hence bit-identical) and a step
+        gathers all of them with one index. Columns: sqrt(a_t), sqrt(1 - a_t), sqrt(max(1 - a_t, 1e-12)),
+        sqrt(a_prev), sqrt(1 - a_prev), the DDPM posterior-mean weights of x0 and x_t, the DDPM std. Row 0 (a
+        clean position, a_t = 1) holds inf/nan where 1 - a_t divides, as the per-position formulas did; the
+        final `torch.where` in `denoise_step` discards those positions' results.
+        """
+        key = (dtype, device)
+        table = self._level_tables.get(key)
+        if table is None:
+            ab = self.alpha_bar_ext.to(device=device, dtype=dtype)
+            levels = torch.arange(-1, self.n_levels, device=device)
+            t = self.timestep_of(levels)
+            prev = self.timestep_of((levels - 1).clamp_min(-1))
+            a_t, a_prev = ab[t + 1], ab[prev + 1]
+            alpha = a_t / a_prev
+            beta = 1 - alpha
+            var = ((1 - a_prev) / (1 - a_t) * beta).clamp_min(0)
+            var = torch.where(prev >= 0, var, torch.zeros_like(var))  # no noise onto the clean sample
+            table = torch.stack([
+                a_t.sqrt(), (1 - a_t).sqrt(), (1 - a_t).clamp_min(1e-12).sqrt(), a_prev.sqrt(), (1 - a_prev).sqrt(),
+                a_prev.sqrt() * beta / (1 - a_t), alpha.sqrt() * (1 - a_prev) / (1 - a_t), var.sqrt(),
+            ], dim=-1)
+            self._level_tables[key] = table
+        return table
+
     def denoise_step(self, x: torch.Tensor, levels: torch.Tensor, model_out: torch.Tensor,
                      step_noise: torch.Tensor | None = None) -> torch.Tensor:
         """One level down at every position with level >= 0 (positions at -1 are left as they are).
@@ -231,30 +262,23 @@ class StreamingDiffusionPolicy(Policy):
         x, model_out, step_noise: (B, T_p, A); levels: (B, T_p). DDPM needs `step_noise` (standard normal);
         it is ignored by DDIM.
         """
-        ab = self.alpha_bar_ext.to(x.dtype)
-        t = self.timestep_of(levels)
-        prev = self.timestep_of((levels - 1).clamp_min(-1))
-        a_t = ab[t + 1][..., None]
-        a_prev = ab[prev + 1][..., None]
+        ddpm = self.cfg.scheduler != "ddim"
+        if ddpm and step_noise is None:
+            raise ValueError("a DDPM step needs step_noise (B, T_p, A) standard normal draws")
+        c = self._level_table(x.dtype, x.device)[levels + 1]  # (B, T_p, 8): one gather for every coefficient
+        sa_t, s1a_t, s1a_t_safe, sa_prev, s1a_prev, c_x0, c_x, std = c[..., None].unbind(-2)  # (B, T_p, 1) each
         if self.cfg.prediction_type == "epsilon":
-            x0 = (x - (1 - a_t).sqrt() * model_out) / a_t.sqrt()
+            x0 = (x - s1a_t * model_out) / sa_t
             eps = model_out
         else:
             x0 = model_out
-            eps = (x - a_t.sqrt() * x0) / (1 - a_t).clamp_min(1e-12).sqrt()
+            eps = (x - sa_t * x0) / s1a_t_safe
         if self.cfg.clip_sample:
             x0 = x0.clamp(-1.0, 1.0)
-        if self.cfg.scheduler == "ddim":
-            out = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+        if ddpm:
+            out = c_x0 * x0 + c_x * x + std * step_noise
         else:
-            alpha = a_t / a_prev
-            beta = 1 - alpha
-            mean = (a_prev.sqrt() * beta / (1 - a_t)) * x0 + (alpha.sqrt() * (1 - a_prev) / (1 - a_t)) * x
-            var = ((1 - a_prev) / (1 - a_t) * beta).clamp_min(0)
-            var = torch.where(prev[..., None] >= 0, var, torch.zeros_like(var))  # no noise onto the clean sample
-            if step_noise is None:
-                raise ValueError("a DDPM step needs step_noise (B, T_p, A) standard normal draws")
-            out = mean + var.sqrt() * step_noise
+            out = sa_prev * x0 + s1a_prev * eps
         return torch.where(levels[..., None] >= 0, out, x)
 
     # ------------------------------------------------------------------ streaming
@@ -280,7 +304,10 @@ class StreamingDiffusionPolicy(Policy):
             raise ValueError(f"stream state has buffer {tuple(x.shape)} / levels {tuple(levels.shape)}; expected "
                              f"{self.noise_shape(b)} / {(b, self.spec.horizon)} for a batch of {b}")
         x = x.to(cond.dtype)
-        while bool((levels[:, self.last_executed] >= 0).any()):
+        # Every call lowers every level by one, so the first chunk is clean after max(level at its last
+        # position) + 1 calls: one host read here instead of a check per call.
+        n_calls = int(levels[:, self.last_executed].max()) + 1 if b else 0
+        for _ in range(n_calls):
             out = self.model(x, self.timestep_of(levels).clamp_min(0), cond)
             z = None
             if self.cfg.scheduler == "ddpm":
