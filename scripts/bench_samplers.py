@@ -63,20 +63,27 @@ def recorded_batch(agent: Any, task: str, seed: int) -> dict[str, np.ndarray]:
             if not isinstance(v, str)}  # an instruction string is no array input
 
 
-def latency_duel(agents: dict[str, Any], task: str, calls: int, seed: int) -> dict[str, float]:
-    """Median wall time (ms) of one agent call at batch 1, all agents timed round-robin on a real
-    observation of the task, so that load on a shared machine hits every entry alike."""
+def latency_duel(agents: dict[str, Any], task: str, calls: int, seed: int, block: int = 1) -> dict[str, float]:
+    """Median wall time (ms) of one agent call at batch 1, all agents timed in turn on a real observation of
+    the task, so that load on a shared machine hits every entry alike.
+
+    Each turn is `block` consecutive calls of one agent. block=1 is strict round-robin; the first call after a
+    switch pays for bringing the agent's weights back into the CPU caches, which weighs more on an agent that
+    makes fewer network calls per step. A larger block amortises that switch, as on a robot, where one policy
+    runs alone; the turns still alternate, so drifts in load still hit every entry alike."""
     batches = {label: recorded_batch(a, task, seed) for label, a in agents.items()}
     for label, a in agents.items():
         a.reset()  # a streaming agent starts from an empty buffer, then keeps streaming through the duel
         for _ in range(3):
             a.act(batches[label])  # warm-up
     times: dict[str, list[float]] = {label: [] for label in agents}
-    for _ in range(calls):
+    block = max(1, int(block))
+    for _ in range(max(1, calls // block)):
         for label, a in agents.items():
-            t0 = time.perf_counter()
-            a.act(batches[label])
-            times[label].append((time.perf_counter() - t0) * 1e3)
+            for _ in range(block):
+                t0 = time.perf_counter()
+                a.act(batches[label])
+                times[label].append((time.perf_counter() - t0) * 1e3)
     return {label: float(np.median(v)) for label, v in times.items()}
 
 
@@ -87,6 +94,8 @@ def main() -> int:
     parser.add_argument("--episodes", type=int, default=50, help="evaluation episodes per entry (0: latency only)")
     parser.add_argument("--seed", type=int, default=100000, help="first evaluation seed")
     parser.add_argument("--latency-calls", type=int, default=30)
+    parser.add_argument("--latency-block", type=int, default=1,
+                        help="consecutive calls per agent turn in the latency duel (1: round-robin)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="results/bench_samplers.json")
     args = parser.parse_args()
@@ -101,7 +110,7 @@ def main() -> int:
     if len({label for label, _, _ in entries}) != len(entries):
         raise SystemExit("error: entry labels must be distinct")
     agents = {label: robopolicy.load(path, seed=0, **settings) for label, path, settings in entries}
-    latency = latency_duel(agents, args.task, args.latency_calls, args.seed)
+    latency = latency_duel(agents, args.task, args.latency_calls, args.seed, args.latency_block)
     rows = []
     for label, path, settings in entries:
         agent = agents[label]

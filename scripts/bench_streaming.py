@@ -2,8 +2,10 @@
 
 For each variant, a sim evaluation through the eval runner (same seeds, one worker, batch 1 per call) gives
 success / score and the runner's latency per agent call; then a latency duel times every variant's `act` on
-the same recorded observation, interleaved round-robin so that load on a shared CPU hits all variants alike
-(medians and ratios to the DP reference).
+the same recorded observation, interleaved so that load on a shared CPU hits all variants alike (medians and
+ratios to the DP reference): once round-robin, call by call, and once in alternating turns of `--block` calls.
+The second is the deployment case (one policy per process); round-robin charges every switch's cache refill to
+the agent with fewer network calls per step, i.e. to SDP.
 
 Variants `KIND@STEPS`: `dp@K` the DP checkpoint sampled with DDIM-K (dp@5 asks whether plain DP gets the
 speed for free at the SDP's NFE), `sdp@N` the SDP checkpoint streaming over N levels (StreamingPolicyAgent,
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_samplers import latency_duel  # the round-robin latency duel (scripts/ is on sys.path when run)
+from bench_samplers import latency_duel  # the interleaved latency duel (scripts/ is on sys.path when run)
 
 import robopolicy
 from robopolicy.eval import evaluate
@@ -64,6 +66,9 @@ def main() -> None:
     ap.add_argument("--eval-seed", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=0, help="agents' noise seed")
     ap.add_argument("--repeats", type=int, default=50, help="latency duel rounds")
+    ap.add_argument("--block", type=int, default=25,
+                    help="also time the agents in alternating turns of this many consecutive calls, as one policy "
+                         "runs on a robot (the round-robin duel charges each switch to the agent with fewer calls)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-eval", action="store_true", help="latency duel only")
     ap.add_argument("--out", type=Path, default=Path("results/bench_streaming.json"))
@@ -87,13 +92,18 @@ def main() -> None:
         print(name, json.dumps(row))
 
     duel = {k: round(v, 3) for k, v in latency_duel(agents, args.task, args.repeats, args.eval_seed).items()}
+    blocked = {k: round(v, 3) for k, v in
+               latency_duel(agents, args.task, args.repeats, args.eval_seed, block=args.block).items()}
     ref = args.variants[0]
     for name, ms in duel.items():
         rows[name]["duel_latency_ms_median"] = ms
         rows[name][f"speedup_vs_{ref}"] = round(duel[ref] / ms, 3)
+        rows[name]["block_latency_ms_median"] = blocked[name]
+        rows[name][f"block_speedup_vs_{ref}"] = round(blocked[ref] / blocked[name], 3)
     out = {
         "task": args.task, "episodes": args.episodes, "eval_seed": args.eval_seed, "agent_seed": args.seed,
-        "checkpoints": {"sdp": args.sdp, "dp": args.dp}, "repeats": args.repeats, "threads": args.threads,
+        "checkpoints": {"sdp": args.sdp, "dp": args.dp}, "repeats": args.repeats, "block": args.block,
+        "threads": args.threads,
         "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "results": rows,
     }
