@@ -59,7 +59,8 @@ class SuccessfulChunks:
 
 
 class DemoBatches:
-    """Endless normalized batches from the start checkpoint's own training demos (None when it has no store)."""
+    """Endless normalized batches from the start checkpoint's own training demos (its task's store and split);
+    raises with the fix when the checkpoint's config names no store."""
 
     def __init__(self, start: Any, batch_size: int, seed: int):
         from robopolicy.policies.registry import build_config
