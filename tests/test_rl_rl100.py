@@ -140,3 +140,19 @@ def test_imitation_retraining_on_successful_rollouts_moves_mass_to_the_rewarded_
     assert logs["il/steps"] == 150 and logs["il/rollout_episodes"] == successes.episodes
     assert mass_after >= 0.9 > mass_before, (mass_before, mass_after)
     assert on_mode > 0.8, on_mode
+
+
+def test_successful_chunks_keep_whole_successful_episodes_only():
+    import numpy as np
+
+    buf = SuccessfulChunks(2)
+    obs = {"state": torch.zeros(2, 1, 2)}
+    step = lambda v, done, ok: buf.add(obs, torch.full((2, 4, 2), float(v)), np.array(done), np.array(ok))  # noqa: E731
+    step(1, [False, False], [False, False])
+    buf.drop_pending()  # an env reset abandons both episodes in progress
+    step(2, [False, False], [False, False])
+    step(3, [True, True], [True, False])  # env 0 succeeds, env 1 fails
+    assert buf.episodes == 1 and len(buf) == 2
+    assert [float(c[0, 0, 0]) for c in buf.chunks] == [2.0, 3.0]
+    batch = buf.sample(5)
+    assert batch["action"].shape == (5, 4, 2) and batch["obs"]["state"].shape == (5, 1, 2)

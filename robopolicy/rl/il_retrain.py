@@ -39,6 +39,10 @@ class SuccessfulChunks:
     def __len__(self) -> int:
         return len(self.chunks)
 
+    def drop_pending(self) -> None:
+        """Forget the episodes in progress (the envs were reset: they will never end)."""
+        self._pending = [[] for _ in self._pending]
+
     def add(self, obs: dict[str, torch.Tensor], chunks: torch.Tensor, done: np.ndarray,
             success: np.ndarray) -> None:
         """One vector step: `obs` and `chunks` (B, T_p, A) as sampled, then the step's done and success flags."""

@@ -2,10 +2,11 @@
 
 Per offline iteration: collect episodes with the accepted policy (chunk-level transitions, appended to the
 dataset), re-train the policy by imitation on its demos and the successful rollouts so far (rl/il_retrain.py;
-RL-100's Algorithm 1 re-trains the IL policy on the merged data every iteration), fit IQL critics (robopolicy/rl/iql.py), then PPO on the denoising chain against the frozen
-reference pi_old: chains are sampled from pi_old at dataset states, every denoising step shares the IQL
-advantage A = Q(s, a) - V(s) of the final action (normalised), ratios are per step on the per-dimension
-log-prob, and the clip range decays linearly. Every `gate_every` steps the OPE estimate
+RL-100's Algorithm 1 re-trains the IL policy on the merged data every iteration), fit IQL critics
+(robopolicy/rl/iql.py), then PPO on the denoising chain against the frozen reference pi_old: chains are
+sampled from pi_old at dataset states, every denoising step shares the IQL advantage A = Q(s, a) - V(s) of the
+final action (normalised), ratios are per step on the per-dimension log-prob, and the clip range decays
+linearly. Every `gate_every` steps the OPE estimate
 J(pi) = mean_s Q(s, pi(s)) (the mean-path action on the dataset's states) must beat the best so far to
 replace pi_old; updates that do not are kept optimising against the old reference, and the iteration ends
 with the last accepted policy. Then online PPO on the same chain (robopolicy/rl/ppo.py), and for a diffusion
@@ -155,6 +156,8 @@ def collect_episodes(policy: GenerativePolicy, envs: Any, batcher: Any, n_episod
     """Roll the stochastic chain until `n_episodes` episodes finished; append every transition to `data`
     (and the sampled chunks of the episodes that succeed to `successes`)."""
     raw = envs.reset(seed)
+    if successes is not None:
+        successes.drop_pending()  # the reset abandoned the episodes the last collection left unfinished
     while len(envs.stats.success) < n_episodes:
         obs = batcher.obs(raw)
         chain = policy.sample_chain(obs, stochastic=True, **kwargs)
