@@ -70,6 +70,7 @@ class DemoBatches:
         from robopolicy.policies.registry import build_config
         from robopolicy.train.config import TaskConfig
         from robopolicy.train.data import make_datasets, make_loader, open_store
+        from robopolicy.train.evaluation import normalize_batch
 
         task_dict = dict((start.config or {}).get("task") or {})
         if not task_dict.get("store"):
@@ -78,9 +79,7 @@ class DemoBatches:
         task = build_config(TaskConfig, task_dict, where="the start checkpoint's task")
         train, _ = make_datasets(task, open_store(task))
         self.loader = make_loader(train, batch_size, seed, num_workers=0, shuffle=True, drop_last=True)
-        self.normalizer = start.normalizer
-        self.action_key = task.action_key
-        self.n_windows = len(train)
+        self._normalize = lambda batch: normalize_batch(batch, start.normalizer, task.action_key)
         self._it: Iterator[Any] = iter(self.loader)
 
     def next(self) -> dict[str, Any]:
@@ -89,8 +88,7 @@ class DemoBatches:
         except StopIteration:
             self._it = iter(self.loader)
             batch = next(self._it)
-        return {"obs": self.normalizer.normalize(batch["obs"]),
-                "action": self.normalizer[self.action_key](batch["action"])}
+        return self._normalize(batch)
 
 
 def retrain_imitation(policy: GenerativePolicy, rollouts: SuccessfulChunks, demos: DemoBatches | None,
