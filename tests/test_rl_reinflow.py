@@ -17,6 +17,7 @@ from robopolicy.policies.registry import ConfigError
 from robopolicy.rl import common
 from robopolicy.rl.ppo import PPO, PPOConfig, PPOHooks, ValueCritic
 from robopolicy.rl.reinflow import (
+    load_before_eval,
     NoiseNet,
     ReinFlowConfig,
     attach_noise_net,
@@ -128,3 +129,17 @@ def test_cli_dispatch_table_and_errors(tmp_path, capsys):
     assert finetune_cli.main([]) == 2
     assert "checkpoint=PATH is required" in capsys.readouterr().err
     assert finetune_cli.main(["algo=nope", f"checkpoint={tmp_path}"]) == 2
+
+
+def test_before_eval_json_accepts_eval_json_and_checks_the_episode_count(tmp_path):
+    import json
+    summary = {"n_episodes": 20, "n_success": 11, "success_rate": 0.55}
+    (tmp_path / "eval.json").write_text(json.dumps({"summary": summary, "episodes": []}))
+    (tmp_path / "eval_before.json").write_text(json.dumps(summary))
+    assert load_before_eval(tmp_path / "eval.json", 20)["success_rate"] == 0.55
+    assert load_before_eval(tmp_path / "eval_before.json", 20)["n_success"] == 11
+    with pytest.raises(ValueError, match="final_eval_episodes"):
+        load_before_eval(tmp_path / "eval.json", 50)
+    (tmp_path / "other.json").write_text(json.dumps({"foo": 1}))
+    with pytest.raises(ValueError, match="no success_rate"):
+        load_before_eval(tmp_path / "other.json", 20)

@@ -139,6 +139,19 @@ def evaluate_terms(policy: FlowPolicy) -> Any:
     return terms
 
 
+def load_before_eval(path: Path, n_episodes: int) -> dict[str, Any]:
+    """The start's evaluation from a JSON file: an earlier run's eval_before.json or `robopolicy eval`'s eval.json
+    (whose figures sit under "summary"). It must cover `n_episodes`, the count the final evaluation uses."""
+    before = json.loads(path.read_text())
+    before = before.get("summary", before)
+    if "success_rate" not in before:
+        raise ValueError(f"before_eval_json={path} has no success_rate: give an eval_before.json or an eval.json")
+    if int(before.get("n_episodes", -1)) != n_episodes:
+        raise ValueError(f"before_eval_json={path} has n_episodes={before.get('n_episodes')}, this run evaluates "
+                         f"final_eval_episodes={n_episodes}: set algo.final_eval_episodes to match")
+    return before
+
+
 def build_config_from(algo: dict[str, Any]) -> ReinFlowConfig:
     algo = {k: v for k, v in dict(algo).items() if k != "name"}
     cfg = build_config(ReinFlowConfig, algo, where="algo 'reinflow'")
@@ -187,10 +200,7 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
             policy.set_step_std(noise_net)
 
     if cfg.before_eval_json:
-        before = json.loads(Path(cfg.before_eval_json).read_text())
-        if int(before.get("n_episodes", -1)) != cfg.final_eval_episodes:
-            raise ValueError(f"before_eval_json={cfg.before_eval_json} has n_episodes={before.get('n_episodes')}, "
-                             f"this run evaluates final_eval_episodes={cfg.final_eval_episodes}")
+        before = load_before_eval(Path(cfg.before_eval_json), cfg.final_eval_episodes)
     else:
         before = evaluate(cfg.final_eval_episodes)
     (out_dir / "eval_before.json").write_text(json.dumps(before, indent=2, default=str))
