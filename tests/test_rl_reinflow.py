@@ -17,12 +17,12 @@ from robopolicy.policies.registry import ConfigError
 from robopolicy.rl import common
 from robopolicy.rl.ppo import PPO, PPOConfig, PPOHooks, ValueCritic
 from robopolicy.rl.reinflow import (
-    load_before_eval,
     NoiseNet,
     ReinFlowConfig,
     attach_noise_net,
     build_config_from,
     evaluate_terms,
+    load_before_eval,
     max_std_at,
 )
 from robopolicy.train.checkpoint import LoadedCheckpoint
