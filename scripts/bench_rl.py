@@ -55,7 +55,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="eval.json of the start on the same protocol (skips evaluating the start again)")
     for m in BUDGET:
         ap.add_argument(f"--{m}-args", nargs="*", default=[], help=f"extra overrides for {m}")
-    return ap.parse_args(argv)
+    ap.add_argument("--collect", nargs="+", default=None, metavar="NAME=RUN_DIR[:EVAL_JSON,...]",
+                    help="launch nothing: gather runs made separately (each its finetune out_dir and, optionally, "
+                         "the eval.json files of its final checkpoint, whose episodes are pooled) into the "
+                         "same JSON and plot; --start-eval may list several eval.json files too (comma-separated)")
+    args = ap.parse_args(argv)
+    if args.collect is not None and not args.start_eval:
+        ap.error("--collect needs --start-eval (the start's eval.json on the final-eval protocol)")
+    return args
 
 
 def robopolicy_cmd(*args: str) -> list[str]:
@@ -90,6 +97,22 @@ def eval_summary(path: Path) -> dict | None:
         return None
     s = json.loads(path.read_text())["summary"]
     return {k: s[k] for k in ("n_success", "n_episodes", "success_rate", "success_ci95", "length_mean")}
+
+
+def pooled_summary(paths: list[Path]) -> dict | None:
+    """Several evaluations of one checkpoint on disjoint seeds, pooled (success and 95% Wilson interval)."""
+    from robopolicy.eval.metrics import wilson_interval
+
+    parts = [eval_summary(p) for p in paths]
+    if not parts or any(p is None for p in parts):
+        missing = [str(p) for p, s in zip(paths, parts, strict=True) if s is None]
+        raise FileNotFoundError(f"no eval.json at {missing}: run `robopolicy eval` on the final checkpoint first")
+    if len(parts) == 1:
+        return parts[0]
+    k, n = sum(p["n_success"] for p in parts), sum(p["n_episodes"] for p in parts)
+    length = sum(p["length_mean"] * p["n_episodes"] for p in parts) / n
+    return {"n_success": k, "n_episodes": n, "success_rate": k / n, "success_ci95": list(wilson_interval(k, n)),
+            "length_mean": length, "pooled_from": [str(p) for p in paths]}
 
 
 def curve(method_dir: Path) -> list[dict]:
@@ -133,8 +156,44 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def collect(args: argparse.Namespace) -> int:
+    """--collect: the side-by-side JSON and plot from runs that were launched one by one."""
+    result = {"start": str(args.start), "eval_task": args.eval_task, "collected": True,
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "start_eval": pooled_summary([Path(p) for p in args.start_eval.split(",")]), "methods": {}}
+    for item in args.collect:
+        name, _, rest = item.partition("=")
+        run_dir, _, evals = rest.partition(":")
+        if not name or not run_dir or not (Path(run_dir) / "metrics.jsonl").exists():
+            raise SystemExit(f"--collect {item!r}: expected NAME=RUN_DIR[:EVAL_JSON,...] with RUN_DIR/metrics.jsonl")
+        d = Path(run_dir)
+        summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
+        result["methods"][name] = {
+            "run_dir": run_dir, "env_steps": summary.get("env_steps"), "train_wall_s": summary.get("wall_s"),
+            "success_before_in_training": summary.get("success_before"),
+            "success_after_in_training": summary.get("success_after"),
+            "final_eval": pooled_summary([Path(p) for p in evals.split(",")]) if evals else None, "curve": curve(d)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_rl.json").write_text(json.dumps(result, indent=2))
+    plot(result, args.out / "bench_rl.png")
+    report(result, args.out)
+    return 0
+
+
+def report(result: dict, out: Path) -> None:
+    s = result["start_eval"]
+    print(f"start: {s['n_success']}/{s['n_episodes']}" if s else "start: evaluation failed")
+    for m, r in result["methods"].items():
+        e = r["final_eval"]
+        got = f"{e['n_success']}/{e['n_episodes']}" if e else "no final evaluation"
+        print(f"{m:9s} env steps {r['env_steps']}  wall {r['train_wall_s'] or 0:.0f} s  final {got}")
+    print(f"wrote {out / 'bench_rl.json'} and {out / 'bench_rl.png'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.collect is not None:
+        return collect(args)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     procs = {m: launch(m, args) for m in args.methods}
@@ -165,13 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             "final_eval": eval_summary(args.out / f"eval_{m}" / "eval.json"), "curve": curve(d)}
     (args.out / "bench_rl.json").write_text(json.dumps(result, indent=2))
     plot(result, args.out / "bench_rl.png")
-    s = result["start_eval"]
-    print(f"start: {s['n_success']}/{s['n_episodes']}" if s else "start: evaluation failed")
-    for m, r in result["methods"].items():
-        e = r["final_eval"]
-        got = f"{e['n_success']}/{e['n_episodes']}" if e else "no final checkpoint"
-        print(f"{m:9s} env steps {r['env_steps']}  wall {r['train_wall_s'] or 0:.0f} s  final {got}")
-    print(f"wrote {args.out / 'bench_rl.json'} and {args.out / 'bench_rl.png'}")
+    report(result, args.out)
     return 0 if all(c == 0 for c in codes.values()) else 1
 
 

@@ -1,0 +1,67 @@
+"""scripts/bench_rl.py --collect: runs launched one by one, gathered into the side-by-side JSON and plot."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench_rl():
+    spec = importlib.util.spec_from_file_location("bench_rl", ROOT / "scripts" / "bench_rl.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _eval_json(path: Path, k: int, n: int, length: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"summary": {"n_success": k, "n_episodes": n, "success_rate": k / n,
+                                            "success_ci95": [0.0, 1.0], "length_mean": length}}))
+    return path
+
+
+def test_collect_pools_evaluations_and_writes_json_and_plot(tmp_path):
+    bench = _bench_rl()
+    run = tmp_path / "run_a"
+    run.mkdir()
+    rows = [{"step": 0, "env_steps": 0, "wall_s": 0.0, "eval/success_rate": 0.5},
+            {"step": 1, "env_steps": 100, "wall_s": 5.0, "loss": 1.0},
+            {"step": 2, "env_steps": 200, "wall_s": 9.0, "eval/success_rate": 0.75}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (run / "summary.json").write_text(json.dumps({"env_steps": 200, "wall_s": 9.0}))
+    start = _eval_json(tmp_path / "start" / "eval.json", 11, 20, 255.0)
+    a1 = _eval_json(tmp_path / "a1" / "eval.json", 17, 20, 100.0)
+    a2 = _eval_json(tmp_path / "a2" / "eval.json", 24, 30, 150.0)
+    out = tmp_path / "out"
+    code = bench.main(["--start", "ckpt", "--out", str(out), "--task-args", "task=x", "--eval-task", "x",
+                       "--start-eval", str(start), "--collect", f"a={run}:{a1},{a2}", f"b={run}"])
+    assert code == 0
+    result = json.loads((out / "bench_rl.json").read_text())
+    fin = result["methods"]["a"]["final_eval"]
+    assert (fin["n_success"], fin["n_episodes"]) == (41, 50)
+    assert fin["length_mean"] == pytest.approx((20 * 100.0 + 30 * 150.0) / 50)
+    lo, hi = fin["success_ci95"]
+    assert lo < 41 / 50 < hi
+    assert [p["env_steps"] for p in result["methods"]["a"]["curve"]] == [0, 200]
+    assert result["methods"]["b"]["final_eval"] is None
+    assert result["start_eval"]["n_success"] == 11
+    assert (out / "bench_rl.png").stat().st_size > 0
+
+
+def test_collect_names_what_is_missing(tmp_path):
+    bench = _bench_rl()
+    start = _eval_json(tmp_path / "start" / "eval.json", 1, 2, 10.0)
+    with pytest.raises(SystemExit, match="RUN_DIR/metrics.jsonl"):
+        bench.main(["--start", "c", "--out", str(tmp_path / "o"), "--task-args", "t=1", "--eval-task", "x",
+                    "--start-eval", str(start), "--collect", f"a={tmp_path / 'nowhere'}"])
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("")
+    with pytest.raises(FileNotFoundError, match="robopolicy eval"):
+        bench.main(["--start", "c", "--out", str(tmp_path / "o"), "--task-args", "t=1", "--eval-task", "x",
+                    "--start-eval", str(start), "--collect", f"a={run}:{tmp_path / 'missing.json'}"])
