@@ -16,6 +16,13 @@ Method settings beyond the budget come from configs/algo/<method>.yaml; add over
 --reinflow-args / --dsrl-args / --rl100-args (hydra syntax, e.g. algo.ppo.n_envs=32). RL-100 has no wall budget
 of its own for the offline stage: size it with algo.offline_iterations / algo.offline_steps; its online stage gets
 a third of --wall-s. On a 2-core machine run one method at a time (--methods dsrl).
+
+Runs launched one by one (or a control that is not one of the methods) go side by side with --collect, which
+launches nothing and pools evaluations of one checkpoint on disjoint seeds:
+
+    .venv/bin/python scripts/bench_rl.py --start <ckpt> --out runs/bench_rl/reach150 \
+        --eval-task metaworld_reach --start-eval <start eval.json>[,<more>] \
+        --collect reinflow=<out_dir>:<eval.json> rl100=<out_dir>:<eval.json>,<eval.json>
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--start", required=True, help="the imitation checkpoint every method starts from")
     ap.add_argument("--out", required=True, type=Path, help="output folder (one sub-folder per method)")
-    ap.add_argument("--task-args", nargs="+", required=True, help="task overrides shared by every method")
+    ap.add_argument("--task-args", nargs="+", default=None,
+                    help="task overrides shared by every method (required unless --collect)")
     ap.add_argument("--methods", nargs="+", default=["reinflow", "dsrl", "rl100"], choices=sorted(BUDGET))
     ap.add_argument("--wall-s", type=int, default=1800, help="training wall-clock budget per method (seconds)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per method")
@@ -62,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.collect is not None and not args.start_eval:
         ap.error("--collect needs --start-eval (the start's eval.json on the final-eval protocol)")
+    if args.collect is None and not args.task_args:
+        ap.error("--task-args is required (the task overrides every method runs with)")
     return args
 
 

@@ -38,7 +38,7 @@ def test_collect_pools_evaluations_and_writes_json_and_plot(tmp_path):
     a1 = _eval_json(tmp_path / "a1" / "eval.json", 17, 20, 100.0)
     a2 = _eval_json(tmp_path / "a2" / "eval.json", 24, 30, 150.0)
     out = tmp_path / "out"
-    code = bench.main(["--start", "ckpt", "--out", str(out), "--task-args", "task=x", "--eval-task", "x",
+    code = bench.main(["--start", "ckpt", "--out", str(out), "--eval-task", "x",
                        "--start-eval", str(start), "--collect", f"a={run}:{a1},{a2}", f"b={run}"])
     assert code == 0
     result = json.loads((out / "bench_rl.json").read_text())
@@ -57,11 +57,11 @@ def test_collect_names_what_is_missing(tmp_path):
     bench = _bench_rl()
     start = _eval_json(tmp_path / "start" / "eval.json", 1, 2, 10.0)
     with pytest.raises(SystemExit, match="RUN_DIR/metrics.jsonl"):
-        bench.main(["--start", "c", "--out", str(tmp_path / "o"), "--task-args", "t=1", "--eval-task", "x",
+        bench.main(["--start", "c", "--out", str(tmp_path / "o"), "--eval-task", "x",
                     "--start-eval", str(start), "--collect", f"a={tmp_path / 'nowhere'}"])
     run = tmp_path / "r"
     run.mkdir()
     (run / "metrics.jsonl").write_text("")
     with pytest.raises(FileNotFoundError, match="robopolicy eval"):
-        bench.main(["--start", "c", "--out", str(tmp_path / "o"), "--task-args", "t=1", "--eval-task", "x",
+        bench.main(["--start", "c", "--out", str(tmp_path / "o"), "--eval-task", "x",
                     "--start-eval", str(start), "--collect", f"a={run}:{tmp_path / 'missing.json'}"])
