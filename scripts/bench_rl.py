@@ -144,6 +144,7 @@ def plot(result: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for m, r in result["methods"].items():
@@ -158,6 +159,7 @@ def plot(result: dict, path: Path) -> None:
             ax.axhline(start, color="grey", ls="--", lw=1, label="start (final-eval protocol)")
         ax.set_xlabel(xl)
         ax.grid(alpha=0.3)
+    axes[0].xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
     axes[0].set_ylabel("eval success (in-training protocol)")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"RL fine-tuning from {result['start']}", fontsize=9)
