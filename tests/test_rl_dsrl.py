@@ -147,3 +147,20 @@ def test_wall_clock_stop_still_evaluates_the_final_actor(toy_base):
     stats = train_dsrl(DSRLLearner(steered, cfg, "sac"), ToyBandit(4), IdentityBatcher(), seed=0,
                        on_eval=lambda steps, wall: evals.append(steps) or {})
     assert stats["stopped_by"] == "max_wall_s" and evals == [stats["env_steps"]] == [4]
+
+
+def test_critics_use_the_official_tanh_and_a_bad_activation_is_refused():
+    from torch import nn
+
+    from robopolicy.nn.mlp import MLP
+    from robopolicy.rl.sac import TwinCritic
+
+    assert DSRLConfig().critic_activation == "tanh"
+    critic = TwinCritic(3, 2, [8, 8], activation="tanh")
+    kinds = {type(m) for m in critic.modules()}
+    assert nn.Tanh in kinds and nn.Mish not in kinds
+    assert nn.Mish in {type(m) for m in MLP(3, [8], 1).modules()}  # the default elsewhere is unchanged
+    with pytest.raises(ValueError, match="activation"):
+        MLP(3, [8], 1, activation="gelu")
+    with pytest.raises(ValueError, match="critic_activation"):
+        DSRLConfig(critic_activation="gelu")

@@ -7,12 +7,18 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+ACTIVATIONS = {"mish": nn.Mish, "tanh": nn.Tanh, "relu": nn.ReLU}
+
 
 class MLP(nn.Module):
-    """Linear layers with Mish between them (none after the last); `hidden=()` is a single linear map."""
+    """Linear layers with an activation (Mish by default) between them, none after the last; `hidden=()` is a
+    single linear map."""
 
-    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int, layer_norm: bool = False):
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int, layer_norm: bool = False,
+                 activation: str = "mish"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         dims = [in_dim, *hidden, out_dim]
         layers: list[nn.Module] = []
         for i in range(len(dims) - 1):
@@ -20,7 +26,7 @@ class MLP(nn.Module):
             if i < len(dims) - 2:
                 if layer_norm:
                     layers.append(nn.LayerNorm(dims[i + 1]))
-                layers.append(nn.Mish())
+                layers.append(ACTIVATIONS[activation]())
         self.net = nn.Sequential(*layers)
         self.in_dim, self.out_dim = in_dim, out_dim
 

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from robopolicy.nn.mlp import ACTIVATIONS
 from robopolicy.policies.steered import NoiseActorConfig, SteeredPolicy
 from robopolicy.rl.sac import (
     ReplayBuffer,
@@ -67,6 +68,9 @@ class DSRLConfig:
     init_temperature: float = 1e-3
     target_entropy: float = 0.0  # official target_ent 0.0 (not -dim)
     critic_hidden: tuple[int, ...] = (256, 256, 256)
+    # DSRL's official critics use Tanh. With Mish the targets of every run here diverged far past the largest
+    # possible return (1 for a 0/1 success reward): 2.8 on reach, 46 on pick-place (docs/results.md).
+    critic_activation: str = "tanh"
     actor: NoiseActorConfig = field(default_factory=NoiseActorConfig)
     # DSRL-NA only
     noise_critic_grad_steps: int = 2  # Q^W distillation steps per gradient step (official 10)
@@ -91,6 +95,8 @@ class DSRLConfig:
             raise ValueError(f"gamma must be in [0, 1] and tau in (0, 1], got {self.gamma}, {self.tau}")
         if self.utd <= 0:
             raise ValueError(f"utd must be > 0, got {self.utd}")
+        if self.critic_activation not in ACTIVATIONS:
+            raise ValueError(f"critic_activation must be one of {sorted(ACTIVATIONS)}, got {self.critic_activation!r}")
 
 
 class ChunkEnvs(Protocol):
@@ -120,7 +126,7 @@ class DSRLLearner:
         start = spec.n_obs_steps - 1
         self.exec_slice = slice(start, min(start + spec.n_action_steps, spec.horizon))
         feat_dim = policy.actor.trunk.in_dim
-        self.q_w = TwinCritic(feat_dim, policy.noise_dim, cfg.critic_hidden)
+        self.q_w = TwinCritic(feat_dim, policy.noise_dim, cfg.critic_hidden, activation=cfg.critic_activation)
         self.q_w_targ = frozen_copy(self.q_w)
         self.temperature = Temperature(cfg.init_temperature, cfg.target_entropy)
         self.opt_actor = torch.optim.Adam(policy.actor.parameters(), lr=cfg.actor_lr)
@@ -129,7 +135,7 @@ class DSRLLearner:
         self.replay = ReplayBuffer(cfg.replay_size)
         if variant == "na":
             exec_dim = (self.exec_slice.stop - self.exec_slice.start) * spec.action_dim
-            self.q_a = TwinCritic(feat_dim, exec_dim, cfg.critic_hidden)
+            self.q_a = TwinCritic(feat_dim, exec_dim, cfg.critic_hidden, activation=cfg.critic_activation)
             self.q_a_targ = frozen_copy(self.q_a)
             self.opt_qa = torch.optim.Adam(self.q_a.parameters(), lr=cfg.critic_lr)
             self.prior_pool = ReplayBuffer(cfg.prior_pool_size)

@@ -22,9 +22,11 @@ from robopolicy.nn import MLP
 class TwinCritic(nn.Module):
     """`n` independent Q(x, u) MLPs (LayerNorm, as DSRL's official nets); `forward` -> (n, B)."""
 
-    def __init__(self, x_dim: int, u_dim: int, hidden: Sequence[int], n: int = 2, layer_norm: bool = True):
+    def __init__(self, x_dim: int, u_dim: int, hidden: Sequence[int], n: int = 2, layer_norm: bool = True,
+                 activation: str = "mish"):
         super().__init__()
-        self.qs = nn.ModuleList([MLP(x_dim + u_dim, list(hidden), 1, layer_norm=layer_norm) for _ in range(n)])
+        self.qs = nn.ModuleList([MLP(x_dim + u_dim, list(hidden), 1, layer_norm=layer_norm, activation=activation)
+                                 for _ in range(n)])
 
     def forward(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         xu = torch.cat([x, u], -1)
