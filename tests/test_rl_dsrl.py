@@ -164,3 +164,19 @@ def test_critics_use_the_official_tanh_and_a_bad_activation_is_refused():
         MLP(3, [8], 1, activation="gelu")
     with pytest.raises(ValueError, match="critic_activation"):
         DSRLConfig(critic_activation="gelu")
+
+
+@pytest.mark.parametrize("variant", ["sac", "na"])
+def test_target_clip_keeps_the_critic_targets_in_the_return_range(toy_base, variant):
+    steered = SteeredPolicy(TOY_SPEC, SteeredPolicy.Config("flow", TOY_FLOW, NoiseActorConfig(hidden_dims=(16,))),
+                            base=toy_base)
+    cfg = DSRLConfig(total_env_steps=64, n_envs=8, init_rollout_steps=64, batch_size=32, critic_hidden=(16,),
+                     na_target_batch_size=32, gamma=0.0, target_clip=[0.0, 0.25], eval_every_env_steps=10_000)
+    learner = DSRLLearner(steered, cfg, variant, seed=0)
+    train_dsrl(learner, ToyBandit(8), IdentityBatcher(), seed=0)  # prior-noise rollouts fill the replay
+    assert float(learner.replay.data["reward"][: len(learner.replay)].max()) == 1.0  # unclipped targets reach 1
+    for _ in range(3):
+        info = learner.update()
+        assert 0.0 <= info["target_mean"] <= 0.25
+    with pytest.raises(ValueError, match="target_clip"):
+        DSRLConfig(target_clip=[1.0, 0.0])

@@ -68,9 +68,13 @@ class DSRLConfig:
     init_temperature: float = 1e-3
     target_entropy: float = 0.0  # official target_ent 0.0 (not -dim)
     critic_hidden: tuple[int, ...] = (256, 256, 256)
-    # DSRL's official critics use Tanh. With Mish the targets of every run here diverged far past the largest
-    # possible return (1 for a 0/1 success reward): 2.8 on reach, 46 on pick-place (docs/results.md).
+    # DSRL's official critics use Tanh (Mish was used here before 2026-12-06; neither keeps the targets in range).
     critic_activation: str = "tanh"
+    # Clamp the critics' bootstrap targets to the range returns can take, e.g. [0, 1] for a 0/1 success reward
+    # that ends the episode. Without it the targets of every run here climbed past that range (2.8-3.4 on reach,
+    # 46 on pick-place, with Mish or Tanh critics): the actor's max over a 64-D noise space feeds on the critics'
+    # errors, and gamma 0.99 per chunk lets that bias grow up to 100x. None: no clamp.
+    target_clip: tuple[float, float] | None = None
     actor: NoiseActorConfig = field(default_factory=NoiseActorConfig)
     # DSRL-NA only
     noise_critic_grad_steps: int = 2  # Q^W distillation steps per gradient step (official 10)
@@ -95,6 +99,10 @@ class DSRLConfig:
             raise ValueError(f"gamma must be in [0, 1] and tau in (0, 1], got {self.gamma}, {self.tau}")
         if self.utd <= 0:
             raise ValueError(f"utd must be > 0, got {self.utd}")
+        if self.target_clip is not None:
+            if len(self.target_clip) != 2 or not self.target_clip[0] < self.target_clip[1]:
+                raise ValueError(f"target_clip must be [low, high] with low < high, got {self.target_clip}")
+            self.target_clip = (float(self.target_clip[0]), float(self.target_clip[1]))
         if self.critic_activation not in ACTIVATIONS:
             raise ValueError(f"critic_activation must be one of {sorted(ACTIVATIONS)}, got {self.critic_activation!r}")
 
@@ -198,12 +206,15 @@ class DSRLLearner:
                     entropy=float(-log_prob.mean().detach()), q_actor=float(q.mean().detach()))
         return info
 
+    def _clip(self, y: torch.Tensor) -> torch.Tensor:
+        return y if self.cfg.target_clip is None else y.clamp(*self.cfg.target_clip)
+
     def _update_critics_sac(self) -> dict[str, float]:
         b = self.replay.sample(self.cfg.batch_size, self.gen)
         with torch.no_grad():
             w2, lp2 = self.policy.actor.sample(b["next_feat"])
-            y = soft_target(self.q_w_targ(b["next_feat"], w2), lp2, b["reward"], b["done"], self.cfg.gamma,
-                            self.temperature.alpha)
+            y = self._clip(soft_target(self.q_w_targ(b["next_feat"], w2), lp2, b["reward"], b["done"],
+                                       self.cfg.gamma, self.temperature.alpha))
         loss = critic_loss(self.q_w, b["feat"], b["w"], y)
         self.opt_qw.zero_grad()
         loss.backward()
@@ -216,8 +227,8 @@ class DSRLLearner:
         with torch.no_grad():  # bootstrap through the base head: a' = pi_dp(s', w'), w' ~ pi_W(s')
             w2, lp2 = self.policy.actor.sample(b["next_feat"])
             a2 = self.executed(self.policy.base.predict_chunk(b["next_obs"], self.policy.to_noise(w2)))
-            y = soft_target(self.q_a_targ(b["next_feat"], a2), lp2, b["reward"], b["done"], self.cfg.gamma,
-                            self.temperature.alpha)
+            y = self._clip(soft_target(self.q_a_targ(b["next_feat"], a2), lp2, b["reward"], b["done"],
+                                       self.cfg.gamma, self.temperature.alpha))
         loss_a = critic_loss(self.q_a, b["feat"], b["a"], y)
         self.opt_qa.zero_grad()
         loss_a.backward()
