@@ -72,8 +72,8 @@ class DSRLConfig:
     critic_activation: str = "tanh"
     # Clamp the critics' bootstrap targets to the range returns can take, e.g. [0, 1] for a 0/1 success reward
     # that ends the episode. Without it the targets of every run here climbed past that range (2.8-3.4 on reach,
-    # 46 on pick-place, with Mish or Tanh critics): the actor's max over a 64-D noise space feeds on the critics'
-    # errors, and gamma 0.99 per chunk lets that bias grow up to 100x. None: no clamp.
+    # 46 on pick-place, with Mish or Tanh critics). Our reading: the actor's max over a 64-D noise space feeds on
+    # the critics' errors, and gamma 0.99 per chunk can grow that bias up to 100x. None: no clamp.
     target_clip: tuple[float, float] | None = None
     actor: NoiseActorConfig = field(default_factory=NoiseActorConfig)
     # DSRL-NA only
