@@ -109,7 +109,7 @@ def eval_summary(path: Path) -> dict | None:
     return {k: s[k] for k in ("n_success", "n_episodes", "success_rate", "success_ci95", "length_mean")}
 
 
-def pooled_summary(paths: list[Path]) -> dict | None:
+def pooled_summary(paths: list[Path]) -> dict:
     """Several evaluations of one checkpoint on disjoint seeds, pooled (success and 95% Wilson interval)."""
     from robopolicy.eval.metrics import wilson_interval
 
@@ -137,6 +137,15 @@ def curve(method_dir: Path) -> list[dict]:
             rows.append({"env_steps": r.get("env_steps", 0), "wall_s": r.get("wall_s", 0.0),
                          "success": r["eval/success_rate"]})
     return rows
+
+
+def method_entry(run_dir: Path, final_eval: dict | None) -> dict:
+    """One method's row of bench_rl.json: its run's summary.json figures, the final evaluation, the curve."""
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    return {"env_steps": summary.get("env_steps"), "train_wall_s": summary.get("wall_s"),
+            "success_before_in_training": summary.get("success_before"),
+            "success_after_in_training": summary.get("success_after"), "final_eval": final_eval,
+            "curve": curve(run_dir)}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -178,13 +187,8 @@ def collect(args: argparse.Namespace) -> int:
         run_dir, _, evals = rest.partition(":")
         if not name or not run_dir or not (Path(run_dir) / "metrics.jsonl").exists():
             raise SystemExit(f"--collect {item!r}: expected NAME=RUN_DIR[:EVAL_JSON,...] with RUN_DIR/metrics.jsonl")
-        d = Path(run_dir)
-        summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
-        result["methods"][name] = {
-            "run_dir": run_dir, "env_steps": summary.get("env_steps"), "train_wall_s": summary.get("wall_s"),
-            "success_before_in_training": summary.get("success_before"),
-            "success_after_in_training": summary.get("success_after"),
-            "final_eval": pooled_summary([Path(p) for p in evals.split(",")]) if evals else None, "curve": curve(d)}
+        final = pooled_summary([Path(p) for p in evals.split(",")]) if evals else None
+        result["methods"][name] = {"run_dir": run_dir, **method_entry(Path(run_dir), final)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_rl.json").write_text(json.dumps(result, indent=2))
     plot(result, args.out / "bench_rl.png")
@@ -227,13 +231,8 @@ def main(argv: list[str] | None = None) -> int:
               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "start_eval": eval_summary(start_json), "methods": {}}
     for m in args.methods:
-        d = args.out / m
-        summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
-        result["methods"][m] = {
-            "exit_code": codes[m], "env_steps": summary.get("env_steps"), "train_wall_s": summary.get("wall_s"),
-            "success_before_in_training": summary.get("success_before"),
-            "success_after_in_training": summary.get("success_after"),
-            "final_eval": eval_summary(args.out / f"eval_{m}" / "eval.json"), "curve": curve(d)}
+        result["methods"][m] = {"exit_code": codes[m],
+                                **method_entry(args.out / m, eval_summary(args.out / f"eval_{m}" / "eval.json"))}
     (args.out / "bench_rl.json").write_text(json.dumps(result, indent=2))
     plot(result, args.out / "bench_rl.png")
     report(result, args.out)
