@@ -180,3 +180,36 @@ def test_target_clip_keeps_the_critic_targets_in_the_return_range(toy_base, vari
         assert 0.0 <= info["target_mean"] <= 0.25
     with pytest.raises(ValueError, match="target_clip"):
         DSRLConfig(target_clip=[1.0, 0.0])
+
+
+def test_executed_steering_sets_only_the_executed_rows(toy_base):
+    """steer="executed": the actor sets rows n_obs_steps-1 .. +n_action_steps of the noise, the rest stay 0."""
+    spec = PolicySpec(obs_shapes={"state": (2,)}, action_dim=2, n_obs_steps=2, horizon=8, n_action_steps=4)
+    flow = {**TOY_FLOW, "unet": {**TOY_FLOW["unet"]}}
+    steered = make_policy("steered", spec, {"base_name": "flow", "base_config": flow,
+                                            "actor": {"hidden_dims": [32], "steer": "executed"}})
+    assert steered.noise_dim == 4 * 2
+    w = torch.arange(1, 9, dtype=torch.float32).reshape(1, 8)
+    noise = steered.to_noise(w)
+    assert noise.shape == (1, 8, 2)
+    assert torch.equal(noise[0, 1:5].flatten(), w[0]) and noise[0, [0, 5, 6, 7]].abs().sum() == 0
+    # a draw over the full (T_p, A) noise uses only its executed rows: other rows cannot change the chunk
+    obs = {"state": torch.randn(3, 2, 2)}
+    z = torch.randn(3, 8, 2)
+    z2 = z.clone()
+    z2[:, [0, 5, 6, 7]] = torch.randn(3, 4, 2)
+    assert torch.equal(steered.predict_chunk(obs, z), steered.predict_chunk(obs, z2))
+    with pytest.raises(ValueError, match="steer"):
+        make_policy("steered", spec, {"base_name": "flow", "base_config": flow, "actor": {"steer": "first"}})
+    # DSRL-SAC on the toy still learns with the smaller noise space (TOY_SPEC: the executed rows are 1..3)
+    torch.manual_seed(1)
+    toy = SteeredPolicy(TOY_SPEC, SteeredPolicy.Config("flow", TOY_FLOW,
+                                                       NoiseActorConfig(hidden_dims=(64, 64), steer="executed")),
+                        base=toy_base)
+    assert toy.noise_dim == 3 * 2
+    cfg = DSRLConfig(total_env_steps=800, n_envs=16, init_rollout_steps=160, batch_size=128, utd=0.25,
+                     critic_hidden=(64, 64), init_temperature=0.01, target_entropy=-6.0, actor_lr=1e-3,
+                     critic_lr=1e-3, gamma=0.0, eval_every_env_steps=10_000)
+    train_dsrl(DSRLLearner(toy, cfg, "sac", seed=0), ToyBandit(16), IdentityBatcher(), seed=0)
+    mass, _ = toy_mode_stats(toy.predict_chunk(toy_batch(400, torch.Generator().manual_seed(5))["obs"]))
+    assert mass[0] >= 0.9

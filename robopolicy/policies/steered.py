@@ -32,6 +32,9 @@ from robopolicy.nn import MLP
 from robopolicy.policies.base import Policy, PolicySpec
 
 
+STEER_MODES = ("all", "executed")
+
+
 @dataclass
 class NoiseActorConfig:
     """The latent-noise actor pi_W(w | s). DSRL's official nets are 3x2048 (GPU); 3x256 suits a CPU."""
@@ -42,6 +45,10 @@ class NoiseActorConfig:
     log_std_min: float = -5.0
     log_std_max: float = 2.0
     log_std_init: float = 0.0  # initial std 1 before the tanh: w starts close to the N(0, I) prior
+    # Which rows of the (T_p, A) noise the actor sets: "all", or "executed" (the T_a rows that run,
+    # n_obs_steps - 1 ...; the other rows stay at 0, the prior's mean). With T_p = 16 and T_a = 8 the unexecuted
+    # rows are half the noise space and change nothing the env rewards; the critic can only overfit to them.
+    steer: str = "all"
 
 
 class NoiseActor(nn.Module):
@@ -130,7 +137,12 @@ class SteeredPolicy(Policy):
             raise ValueError(f"base head '{cfg.base_name}' ({type(self.base).__name__}) takes no initial noise; "
                              "DSRL steers diffusion or flow heads (GenerativePolicy)")
         self.base.requires_grad_(False)
-        self.noise_dim = spec.horizon * spec.action_dim
+        if cfg.actor.steer not in STEER_MODES:
+            raise ValueError(f"actor.steer must be one of {STEER_MODES}, got {cfg.actor.steer!r}")
+        start = spec.n_obs_steps - 1
+        stop = spec.horizon if cfg.actor.steer == "all" else min(start + spec.n_action_steps, spec.horizon)
+        self.steered_rows = slice(0 if cfg.actor.steer == "all" else start, stop)
+        self.noise_dim = (stop - self.steered_rows.start) * spec.action_dim
         self.actor = NoiseActor(base_feature_dim(self.base), self.noise_dim, cfg.actor)
 
     def train(self, mode: bool = True) -> SteeredPolicy:
@@ -146,8 +158,13 @@ class SteeredPolicy(Policy):
         return base_features(self.base, obs)
 
     def to_noise(self, w_flat: torch.Tensor) -> torch.Tensor:
-        """Flat actor output (B, T_p * A) -> the base head's noise (B, T_p, A)."""
-        return w_flat.reshape(w_flat.shape[0], self.spec.horizon, self.spec.action_dim)
+        """Flat actor output (B, noise_dim) -> the base head's noise (B, T_p, A); unsteered rows are 0."""
+        rows = w_flat.reshape(w_flat.shape[0], -1, self.spec.action_dim)
+        if rows.shape[1] == self.spec.horizon:
+            return rows
+        noise = rows.new_zeros(w_flat.shape[0], self.spec.horizon, self.spec.action_dim)
+        noise[:, self.steered_rows] = rows
+        return noise
 
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         raise ValueError("a steered (DSRL) policy is trained by RL on its noise actor, not by imitation: "
@@ -163,7 +180,7 @@ class SteeredPolicy(Policy):
             if tuple(noise.shape) != (feat.shape[0], self.spec.horizon, self.spec.action_dim):
                 raise ValueError(f"noise must have shape {(feat.shape[0], self.spec.horizon, self.spec.action_dim)}"
                                  f" (B, T_p, A), got {tuple(noise.shape)}")
-            w, _ = self.actor.sample(feat, noise.reshape(feat.shape[0], -1).to(feat))
+            w, _ = self.actor.sample(feat, noise[:, self.steered_rows].reshape(feat.shape[0], -1).to(feat))
         return self.base.predict_chunk(obs, self.to_noise(w))
 
     def noise_shape(self, batch_size: int) -> tuple[int, int, int]:

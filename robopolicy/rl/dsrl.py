@@ -17,6 +17,8 @@ CPU adaptations, all in the config (the official run is 3x2048 nets, UTD 20, on 
   once per visited state (`prior_samples_per_state` of them) into a pool that the distillation samples,
   instead of fresh pi_dp calls at every distillation step; the targets Q^A(s, a_prior) are recomputed
   with the current Q^A each time, so only the set of prior noises is reused.
+- `actor.steer: executed` steers only the T_a noise rows whose actions run (the rest stay 0): half the noise
+  space at T_p = 16, T_a = 8, and none of it invisible to the reward.
 - the initial temperature is small (`init_temperature`): with T_p x A = 80 noise dimensions the entropy
   term alpha * log pi would otherwise swamp a 0/1 success reward for thousands of updates.
 """
