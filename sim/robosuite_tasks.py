@@ -15,7 +15,10 @@ shadows, reflections, the skybox and the collision geoms, which is what makes it
 Seeding: robosuite samples object placements and the arm's initial joint noise from numpy's *global*
 RNG. `reset(seed=s)` seeds a private generator, draws one integer from it and runs robosuite's reset
 with the global RNG temporarily seeded by that integer (restoring the caller's global RNG afterwards),
-so the same seed always gives the same initial state.
+so the same seed always gives the same initial state. The model itself is built once per env (hard_reset=False),
+and robosuite draws parts of it from the same global RNG at build time (Lift's cube size, 20-22 mm): that draw is
+seeded too (`model_seed`), else two envs reset with the same seed differ by up to a millimetre of cube size and
+closed-loop evaluations of one checkpoint on the same seeds drift apart.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # must precede the first mujoco impor
 import atexit  # noqa: E402
 import logging  # noqa: E402
 import weakref  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -163,6 +168,7 @@ class RobosuiteEnv(gym.Env):
         depth: bool = False,
         cameras: tuple[str, ...] | list[str] | None = None,
         state_mode: str = "full",
+        model_seed: int = 0,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"unknown robosuite task '{task}'; choose one of {sorted(TASKS)}")
@@ -187,21 +193,22 @@ class RobosuiteEnv(gym.Env):
 
         controller = load_composite_controller_config(robot="Panda")  # BASIC composite, OSC_POSE arm
         # hard_reset=False keeps one MjModel for the env's lifetime (faster resets, and our renderer's
-        # GL context stays valid); ignore_done: truncation is ours.
-        self.rs = robosuite.make(
-            self.task.env_name,
-            robots="Panda",
-            controller_configs=controller,
-            has_renderer=False,
-            has_offscreen_renderer=False,
-            use_camera_obs=False,
-            use_object_obs=True,
-            reward_shaping=False,
-            control_freq=CONTROL_FREQ,
-            horizon=10**9,
-            ignore_done=True,
-            hard_reset=False,
-        )
+        # GL context stays valid); ignore_done: truncation is ours. The build draws from numpy's global RNG.
+        with _global_numpy_seed(model_seed):
+            self.rs = robosuite.make(
+                self.task.env_name,
+                robots="Panda",
+                controller_configs=controller,
+                has_renderer=False,
+                has_offscreen_renderer=False,
+                use_camera_obs=False,
+                use_object_obs=True,
+                reward_shaping=False,
+                control_freq=CONTROL_FREQ,
+                horizon=10**9,
+                ignore_done=True,
+                hard_reset=False,
+            )
         self._renderer: FastRenderer | None = None
         self._video_renderer: FastRenderer | None = None
         self._elapsed = 0
@@ -291,12 +298,8 @@ class RobosuiteEnv(gym.Env):
         """Reset to a random initial state; the same `seed` reproduces the same state exactly."""
         super().reset(seed=seed)
         episode_seed = int(self.np_random.integers(2**31 - 1))
-        saved = np.random.get_state()
-        np.random.seed(episode_seed)
-        try:
+        with _global_numpy_seed(episode_seed):
             self.rs.reset()
-        finally:
-            np.random.set_state(saved)
         # robosuite's object-to-eef observables read a pose that is cached during the observation pass,
         # so they are zeros in the observation reset() returns; a second pass fills them in.
         rs_obs = self.rs._get_observations(force_update=True)
@@ -334,6 +337,17 @@ class RobosuiteEnv(gym.Env):
                 r.close()
         self._renderer = self._video_renderer = None
         self.rs.close()
+
+
+@contextmanager
+def _global_numpy_seed(seed: int) -> Iterator[None]:
+    """Run a block with numpy's global RNG seeded by `seed`, restoring the caller's RNG state afterwards."""
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(saved)
 
 
 def _make_factory(task: str):
