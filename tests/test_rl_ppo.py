@@ -5,8 +5,9 @@ ChunkEnv's history, reward and autoreset bookkeeping."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
-from rl_toy import Bandit, IdentityBatcher, bandit_envs, pretrained_bimodal_flow
+from rl_toy import SPEC, Bandit, IdentityBatcher, bandit_envs, pretrained_bimodal_flow
 
 from robopolicy.policies.base import Chain
 from robopolicy.rl.ppo import PPO, PPOConfig, ValueCritic, compute_gae
@@ -89,6 +90,21 @@ def test_chunk_env_keeps_history_sums_rewards_and_resets_itself():
     assert np.array_equal(obs["state"][0], obs["state"][1])  # a fresh episode's padded history
     out_of_range = env.step(np.full((3, 2), 5.0, np.float32))  # clipped into the action space
     assert out_of_range[1] == 0.75
+
+
+def test_reward_offset_is_paid_per_env_step_and_leaves_success_alone():
+    from robopolicy.rl.common import chunk_env_fn
+
+    env = ChunkEnv(Bandit(), n_obs_steps=2, n_action_steps=3, max_episode_steps=4, reward_offset=-1.0)
+    env.reset(seed=0)
+    _, r, _, _, info = env.step(np.array([[0.5, 0], [-0.5, 0], [0.5, 0]], np.float32))
+    assert r == 0.5 - 3.0 and info["env_steps"] == 3
+    _, r, _, _, info = env.step(np.array([[0.5, 0], [0.5, 0], [0.5, 0]], np.float32))
+    assert r == 0.25 - 1.0 and info["episode_done"] and info["episode_success"]  # one step ran before the end
+    with pytest.raises(ValueError, match="reward_offset"):
+        ChunkEnv(Bandit(), 2, 3, 4, reward_offset=float("nan"))
+    fn = chunk_env_fn({"env": "pusht", "reward_offset": -1}, SPEC)
+    assert fn.reward_offset == -1.0 and chunk_env_fn({"env": "pusht"}, SPEC).reward_offset == 0.0
 
 
 def test_vector_env_collects_episode_stats():
