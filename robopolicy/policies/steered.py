@@ -31,7 +31,6 @@ from torch import nn
 from robopolicy.nn import MLP
 from robopolicy.policies.base import Policy, PolicySpec
 
-
 STEER_MODES = ("all", "executed")
 
 
