@@ -92,7 +92,7 @@ def test_chunk_env_keeps_history_sums_rewards_and_resets_itself():
     assert out_of_range[1] == 0.75
 
 
-def test_reward_offset_is_paid_per_env_step_and_leaves_success_alone():
+def test_reward_scale_and_offset_are_paid_per_env_step_and_leave_success_alone():
     from robopolicy.rl.common import chunk_env_fn
 
     env = ChunkEnv(Bandit(), n_obs_steps=2, n_action_steps=3, max_episode_steps=4, reward_offset=-1.0)
@@ -101,10 +101,16 @@ def test_reward_offset_is_paid_per_env_step_and_leaves_success_alone():
     assert r == 0.5 - 3.0 and info["env_steps"] == 3
     _, r, _, _, info = env.step(np.array([[0.5, 0], [0.5, 0], [0.5, 0]], np.float32))
     assert r == 0.25 - 1.0 and info["episode_done"] and info["episode_success"]  # one step ran before the end
-    with pytest.raises(ValueError, match="reward_offset"):
-        ChunkEnv(Bandit(), 2, 3, 4, reward_offset=float("nan"))
-    fn = chunk_env_fn({"env": "pusht", "reward_offset": -1}, SPEC)
-    assert fn.reward_offset == -1.0 and chunk_env_fn({"env": "pusht"}, SPEC).reward_offset == 0.0
+    scaled = ChunkEnv(Bandit(), n_obs_steps=2, n_action_steps=3, max_episode_steps=4, reward_scale=4.0,
+                      reward_offset=-1.0)
+    scaled.reset(seed=0)
+    assert scaled.step(np.array([[0.5, 0], [-0.5, 0], [0.5, 0]], np.float32))[1] == 4 * 0.5 - 3.0
+    for bad in ({"reward_offset": float("nan")}, {"reward_scale": 0.0}):
+        with pytest.raises(ValueError, match="reward_scale"):
+            ChunkEnv(Bandit(), 2, 3, 4, **bad)
+    fn = chunk_env_fn({"env": "pusht", "reward_offset": -1, "reward_scale": 0.1}, SPEC)
+    assert (fn.reward_offset, fn.reward_scale) == (-1.0, 0.1)
+    assert (chunk_env_fn({"env": "pusht"}, SPEC).reward_offset, chunk_env_fn({"env": "pusht"}, SPEC).reward_scale) == (0, 1)
 
 
 def test_vector_env_collects_episode_stats():

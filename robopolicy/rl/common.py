@@ -78,10 +78,12 @@ def task_env_name(task: dict[str, Any]) -> str:
 def chunk_env_fn(task: dict[str, Any], spec: PolicySpec) -> ChunkEnvFn:
     """The picklable worker factory of chunk-level envs for `task` and a policy with `spec`.
 
-    `task.reward_offset` (optional, e.g. `+task.reward_offset=-1` on the command line) is added to every env
-    step's reward during fine-tuning."""
+    Optional `task.reward_scale` and `task.reward_offset` (e.g. `+task.reward_offset=-1` on the command line):
+    every env step pays reward_scale * r + reward_offset during fine-tuning."""
+    scale = task.get("reward_scale")
     return ChunkEnvFn(task_env_name(task), dict(task.get("env_kwargs") or {}), int(spec.n_obs_steps),
-                      int(spec.n_action_steps), task_max_steps(task), float(task.get("reward_offset") or 0.0))
+                      int(spec.n_action_steps), task_max_steps(task), float(task.get("reward_offset") or 0.0),
+                      1.0 if scale is None else float(scale))
 
 
 def make_chunk_envs(task: dict[str, Any], spec: PolicySpec, n_envs: int, context: str = "spawn",

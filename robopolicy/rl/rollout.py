@@ -31,14 +31,15 @@ class ChunkEnv(gym.Env):
     """A task env seen at the chunk level: obs = {key: (T_o, ...)}, action = (T_a, A) raw actions."""
 
     def __init__(self, env: gym.Env, n_obs_steps: int, n_action_steps: int, max_episode_steps: int | None,
-                 reward_offset: float = 0.0):
+                 reward_offset: float = 0.0, reward_scale: float = 1.0):
         if n_obs_steps < 1 or n_action_steps < 1:
             raise ValueError(f"n_obs_steps and n_action_steps must be >= 1, got {n_obs_steps}, {n_action_steps}")
-        if not np.isfinite(reward_offset):
-            raise ValueError(f"reward_offset must be finite, got {reward_offset}")
-        # Added to every env step's reward: -1 with a 0/1 success reward is DSRL's and RL-100's robomimic setting
-        # (returns <= 0, i.e. minus the steps to success). Episode success is unaffected.
-        self.reward_offset = float(reward_offset)
+        if not (np.isfinite(reward_offset) and np.isfinite(reward_scale) and reward_scale > 0):
+            raise ValueError(f"reward_offset must be finite and reward_scale > 0, got {reward_offset}, {reward_scale}")
+        # Each env step pays reward_scale * r + reward_offset. An offset of -1 with a 0/1 success reward is DSRL's
+        # and RL-100's robomimic setting (returns <= 0: minus the steps to success); scale 0.1 and offset -1 turn
+        # Meta-World's dense 0-10 reward into [-1, 0] per step, so ending an episode early pays. Success is unaffected.
+        self.reward_offset, self.reward_scale = float(reward_offset), float(reward_scale)
         space = env.observation_space
         if not isinstance(space, gym.spaces.Dict):
             raise TypeError(f"RL rollouts need Dict observations (DESIGN.md), got {space}")
@@ -78,7 +79,7 @@ class ChunkEnv(gym.Env):
             obs, r, term, trunc, info = self.env.step(action)
             n += 1
             self._steps += 1
-            reward += float(r) + self.reward_offset
+            reward += self.reward_scale * float(r) + self.reward_offset
             self._history.append(obs)
             self._success = self._success or bool(info.get("success", False))
             error = info.get(ERROR_KEY)
@@ -113,10 +114,12 @@ class ChunkEnvFn:
     n_action_steps: int = 8
     max_episode_steps: int | None = None
     reward_offset: float = 0.0
+    reward_scale: float = 1.0
 
     def __call__(self) -> gym.Env:
         inner = WorkerEnvFn(TaskEnvFn(self.task, dict(self.env_kwargs)))()
-        return ChunkEnv(inner, self.n_obs_steps, self.n_action_steps, self.max_episode_steps, self.reward_offset)
+        return ChunkEnv(inner, self.n_obs_steps, self.n_action_steps, self.max_episode_steps, self.reward_offset,
+                        self.reward_scale)
 
 
 @dataclass
