@@ -145,3 +145,19 @@ def test_a_rollout_without_reward_does_not_move_the_actor():
     # with rewards the same loop trains the actor
     ppo.run(bandit_envs(4), IdentityBatcher(), 0, 2, None, PPOHooks(), lambda i, row: rows.append(row))
     assert rows[-1]["ppo/actor_skipped_rewardless"] == 0.0 and "loss/policy" in rows[-1]
+
+
+def test_actor_lr_warm_up_ramps_every_actor_group_over_its_first_updates():
+    from robopolicy.rl.ppo import PPOHooks
+
+    torch.manual_seed(0)
+    ppo = _ppo(critic_warmup_iters=1, actor_lr_warmup_iters=3)
+    base = list(ppo.actor_base_lrs)
+    rows = []
+    ppo.run(bandit_envs(4), IdentityBatcher(), 0, 5, None, PPOHooks(), lambda i, row: rows.append(row))
+    # iteration 0 only fits the critic; the actor's updates 1, 2, 3, 4 run at 1/3, 2/3, 1, 1 of the base rates
+    assert "ppo/actor_lr_scale" not in rows[0]
+    assert [round(r["ppo/actor_lr_scale"], 4) for r in rows[1:]] == [0.3333, 0.6667, 1.0, 1.0]
+    assert [g["lr"] for g in ppo.actor_opt.param_groups] == base and ppo.state.actor_updates == 4
+    with pytest.raises(ValueError, match="actor_lr_warmup_iters"):
+        PPOConfig(actor_lr_warmup_iters=-1).validate()

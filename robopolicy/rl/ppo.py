@@ -63,6 +63,10 @@ class PPOConfig:
     reward_scale: float = 1.0
     critic_hidden: tuple[int, ...] = (256, 256)
     critic_warmup_iters: int = 2  # iterations that only fit the critic (DPPO's n_critic_warmup_itr)
+    # Ramp the actor's learning rates linearly over its first N updates (0: off). Adam's first steps move every
+    # weight by ~lr: with the log-prob summed over a 16 x 4 chunk, the first two updates moved the chain by
+    # 1.5-1.8 and 0.6-0.9 nats per denoising step, and where they landed decided the run (docs/results.md).
+    actor_lr_warmup_iters: int = 0
     # Skip the actor's update when the whole rollout earned no reward: with a sparse success reward such a
     # batch carries no signal, and normalised advantages of pure critic noise drift the policy away.
     skip_rewardless_updates: bool = True
@@ -74,6 +78,8 @@ class PPOConfig:
             raise ValueError(f"clip_eps must be in (0, 1), got {self.clip_eps}")
         if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1 and 0 < self.gamma_denoising <= 1):
             raise ValueError("gamma, gae_lambda in [0, 1] and gamma_denoising in (0, 1] required")
+        if self.actor_lr_warmup_iters < 0:
+            raise ValueError(f"actor_lr_warmup_iters must be >= 0, got {self.actor_lr_warmup_iters}")
 
 
 class ValueCritic(nn.Module):
@@ -140,6 +146,7 @@ class PPOHooks:
 @dataclass
 class PPOState:
     iteration: int = 0
+    actor_updates: int = 0  # iterations that trained the actor (the learning-rate warm-up counts these)
     env_steps: int = 0
     wall_s: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -154,6 +161,7 @@ class PPO:
         cfg.validate()
         self.policy, self.critic, self.cfg = policy, critic, cfg
         self.actor_opt = torch.optim.Adam(actor_param_groups, lr=cfg.actor_lr, eps=1e-5)
+        self.actor_base_lrs = [float(g["lr"]) for g in self.actor_opt.param_groups]
         self.critic_opt = torch.optim.Adam(critic.parameters(), lr=cfg.critic_lr, eps=1e-5)
         self.evaluate_terms = evaluate_terms
         self.sample_kwargs = dict(sample_kwargs or {})  # e.g. {"min_std": ...} for a diffusion head
@@ -267,6 +275,14 @@ class PPO:
         return out
 
     # ------------------------------------------------------------------ loop
+    def _warm_up_actor_lr(self) -> float:
+        """Set the actor groups' learning rates for the next update; returns the factor on the base rates."""
+        n = self.cfg.actor_lr_warmup_iters
+        scale = 1.0 if n <= 0 else min(1.0, (self.state.actor_updates + 1) / n)
+        for group, base in zip(self.actor_opt.param_groups, self.actor_base_lrs, strict=True):
+            group["lr"] = base * scale
+        return scale
+
     def run(self, envs: Any, batcher: Any, seed: int, iterations: int, wall_budget_s: float | None,
             hooks: PPOHooks, log: Callable[[int, dict[str, Any]], None]) -> PPOState:
         """Iterate rollout -> GAE -> update until `iterations` or the wall budget; log every iteration."""
@@ -290,7 +306,10 @@ class PPO:
             row.update({f"rollout/{k}": v for k, v in envs.pop_stats().summary().items()})
             rewardless = self.cfg.skip_rewardless_updates and not roll["rollout/any_reward"]
             train_actor = it >= self.cfg.critic_warmup_iters and not rewardless
+            if train_actor:
+                row["ppo/actor_lr_scale"] = self._warm_up_actor_lr()
             row.update(self.update(batch, train_actor=train_actor))
+            self.state.actor_updates += int(train_actor)
             row["ppo/actor_skipped_rewardless"] = float(rewardless)
             t2 = time.perf_counter()
             it += 1
