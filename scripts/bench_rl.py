@@ -140,12 +140,17 @@ def curve(method_dir: Path) -> list[dict]:
 
 
 def method_entry(run_dir: Path, final_eval: dict | None) -> dict:
-    """One method's row of bench_rl.json: its run's summary.json figures, the final evaluation, the curve."""
+    """One method's row of bench_rl.json: its run's summary.json figures, the final evaluation, the curve.
+
+    A run stopped by hand has no summary.json: its env steps and wall time are then its curve's last point."""
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
-    return {"env_steps": summary.get("env_steps"), "train_wall_s": summary.get("wall_s"),
+    points = curve(run_dir)
+    last = points[-1] if points else {}
+    return {"env_steps": summary.get("env_steps", last.get("env_steps")),
+            "train_wall_s": summary.get("wall_s", last.get("wall_s")),
             "success_before_in_training": summary.get("success_before"),
             "success_after_in_training": summary.get("success_after"), "final_eval": final_eval,
-            "curve": curve(run_dir)}
+            "curve": points}
 
 
 def plot(result: dict, path: Path) -> None:
