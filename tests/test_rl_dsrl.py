@@ -213,3 +213,31 @@ def test_executed_steering_sets_only_the_executed_rows(toy_base):
     train_dsrl(DSRLLearner(toy, cfg, "sac", seed=0), ToyBandit(16), IdentityBatcher(), seed=0)
     mass, _ = toy_mode_stats(toy.predict_chunk(toy_batch(400, torch.Generator().manual_seed(5))["obs"]))
     assert mass[0] >= 0.9
+
+
+def test_noise_spread_tells_a_noise_blind_base_from_a_multimodal_one(toy_base):
+    """DSRL's pre-flight measure: the two-mode toy head moves with its noise, a head that ignores it does not."""
+    from robopolicy.rl.noise_spread import noise_spread, spread_warning
+
+    obs = toy_batch(8, torch.Generator().manual_seed(3))["obs"]
+    gen = torch.Generator().manual_seed(0)
+    prior = lambda n: torch.randn(n, 4 * 2, generator=gen)  # noqa: E731
+    rows = slice(0, 4)
+    multimodal = noise_spread(lambda o, w: toy_base.predict_chunk(o, w.reshape(-1, 4, 2)), obs, prior, rows)
+    # mode A ends at +0.8, mode B at -0.8: the noise picks the mode, so it moves the actions more than the state
+    assert multimodal["noise_spread"] > 0.15 and multimodal["ratio"] > 1 and spread_warning(multimodal) is None
+    blind = noise_spread(lambda o, w: toy_base.predict_chunk(o, torch.zeros(w.shape[0], 4, 2)), obs, prior, rows)
+    assert blind["noise_spread"] < 1e-6 and blind["ratio"] < 1e-3
+    assert "barely depend on its noise" in spread_warning(blind)
+    with pytest.raises(ValueError, match="at least 2"):
+        noise_spread(lambda o, w: w, {"state": torch.zeros(1, 2, 2)}, prior, rows)
+    # train_dsrl logs the measure before its first step
+    rows_logged = []
+    torch.manual_seed(1)
+    steered = SteeredPolicy(TOY_SPEC, SteeredPolicy.Config("flow", TOY_FLOW, NoiseActorConfig(hidden_dims=(16,))),
+                            base=toy_base)
+    cfg = DSRLConfig(total_env_steps=32, n_envs=16, init_rollout_steps=32, batch_size=16, critic_hidden=(16,),
+                     eval_every_env_steps=10_000)
+    train_dsrl(DSRLLearner(steered, cfg, "sac", seed=0), ToyBandit(16), IdentityBatcher(), seed=0,
+               log=lambda step, row: rows_logged.append(row))
+    assert rows_logged[0]["base/ratio"] > 0.5

@@ -37,6 +37,7 @@ import torch
 
 from robopolicy.nn.mlp import ACTIVATIONS
 from robopolicy.policies.steered import NoiseActorConfig, SteeredPolicy
+from robopolicy.rl.noise_spread import noise_spread, spread_warning
 from robopolicy.rl.sac import (
     ReplayBuffer,
     Temperature,
@@ -262,6 +263,14 @@ def train_dsrl(learner: DSRLLearner, envs: ChunkEnvs, batcher: Batcher, seed: in
     t0 = time.perf_counter()
     raw = envs.reset(seed)
     obs = batcher.obs(raw)
+    if envs.n_envs >= 2:  # how far the noise can move the base's actions at all (rl/noise_spread.py)
+        base = learner.policy
+        spread = noise_spread(lambda o, w: base.base.predict_chunk(o, base.to_noise(w)), obs, learner.prior_noise,
+                              learner.exec_slice)
+        if (msg := spread_warning(spread)) is not None:
+            print(f"[dsrl] warning: {msg}", flush=True)
+        if log is not None:
+            log(0, {f"base/{k}": v for k, v in spread.items()})
     env_steps, next_eval, credit = 0, cfg.eval_every_env_steps, 0.0
     episodes: list[float] = []
     losses: dict[str, list[float]] = {}
