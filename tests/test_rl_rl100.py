@@ -156,3 +156,42 @@ def test_successful_chunks_keep_whole_successful_episodes_only():
     assert [float(c[0, 0, 0]) for c in buf.chunks] == [2.0, 3.0]
     batch = buf.sample(5)
     assert batch["action"].shape == (5, 4, 2) and batch["obs"]["state"].shape == (5, 1, 2)
+
+
+def test_online_stage_evaluates_and_saves_last_and_best_on_its_cadence(monkeypatch, tmp_path):
+    """`online_eval_every`: an evaluation every N online iterations, each saving last/ and, when it beats every
+    earlier evaluation, best/; the online stage on the toy moves the mass to the rewarded mode."""
+    from types import SimpleNamespace
+
+    from robopolicy.rl import common, rl100
+    from robopolicy.rl.ppo import PPOConfig
+
+    torch.manual_seed(0)
+    policy = pretrained_bimodal_flow(steps=200)
+    start = SimpleNamespace(policy=policy, normalizer=None, config={"policy": {"name": "flow"}})
+    evals, saved = [], []
+
+    def toy_success(p, normalizer, task, n_episodes=20, **_):
+        evals.append(n_episodes)
+        return {"success_rate": mode_stats(p)[0]}
+
+    monkeypatch.setattr(common, "load_start", lambda path: start)
+    monkeypatch.setattr(common, "ObsBatcher", lambda *a, **k: IdentityBatcher())
+    monkeypatch.setattr(common, "make_chunk_envs", lambda task, spec, n, *a: bandit_envs(n))
+    monkeypatch.setattr(common, "evaluate_success", toy_success)
+    monkeypatch.setattr(common, "save_finetuned", lambda d, p, s, meta, *a, **k: saved.append(
+        (d.name, meta["finetune"]["stage"], mode_stats(p)[0])) or d)
+    algo = {"num_inference_steps": 4, "flow_std": 0.1, "offline_iterations": 0, "online_iterations": 6,
+            "online_eval_every": 2, "online_eval_episodes": 7, "eval_episodes": 11, "n_envs": 16, "in_process": True,
+            "il_steps": 0,
+            "distill_steps": 0, "ppo": dict(vars(PPOConfig(n_envs=16, n_steps=2, minibatch_size=16, actor_lr=1e-3,
+                                                            critic_hidden=(16,), critic_warmup_iters=0)))}
+    summary = rl100.finetune("start", {"name": "toy"}, algo, tmp_path, seed=0)
+    assert evals == [11, 7, 7, 7, 11]  # before, online iterations 2, 4, 6, after
+    lasts = [s for s in saved if s[0] == "last"]
+    assert [s[1] for s in lasts] == ["online_2", "online_4", "online_6"]
+    bests = [s for s in saved if s[0] == "best"]
+    assert bests and all(b[2] > summary["success_before"] for b in bests)
+    assert [b[2] for b in bests] == sorted(b[2] for b in bests)  # best/ only ever improves
+    assert summary["best_online_iteration"] == int(bests[-1][1].split("_")[1])
+    assert summary["success_after"] >= 0.9

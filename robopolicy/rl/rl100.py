@@ -68,6 +68,8 @@ class RL100Config:
     gate_every: int = 50
     online_iterations: int = 0
     online_wall_budget_s: float | None = None
+    online_eval_every: int = 0  # online iterations between evaluations (each saves last/, and best/ when it beats
+    online_eval_episodes: int = 20  # every earlier evaluation); 0: evaluate once, after the online stage
     distill_steps: int = 500  # one-step CM head (diffusion heads only); 0 disables
     distill_lr: float = 1e-4
     distill_ema: float = 0.95  # deploy an EMA of the student (RL-100 keeps one at decay 0.95); 0: the raw student
@@ -88,6 +90,8 @@ class RL100Config:
             raise ValueError("need il_steps >= 0, il_batch_size >= 2 and 0 <= il_demo_fraction <= 1")
         if not 0 <= self.il_ema < 1:
             raise ValueError(f"il_ema must be in [0, 1), got {self.il_ema}")
+        if self.online_eval_every < 0 or self.online_eval_episodes < 1:
+            raise ValueError("need online_eval_every >= 0 and online_eval_episodes >= 1")
         if not 0 <= self.distill_ema < 1:
             raise ValueError(f"distill_ema must be in [0, 1), got {self.distill_ema}")
 
@@ -298,6 +302,7 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
     stages: dict[str, Any] = {"before": evaluate()}
     curves.log(0, {"env_steps": 0, "wall_s": 0.0, "eval/success_rate": stages["before"]["success_rate"]})
     data = Transitions()
+    extra_summary: dict[str, Any] = {}
     critics: IQLCritics | None = None
     successes = SuccessfulChunks(cfg.n_envs)
     n_demo = round(cfg.il_batch_size * cfg.il_demo_fraction)
@@ -327,10 +332,37 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
             ppo = PPO(policy, critic, cfg.ppo, [{"params": [p for p in policy.parameters() if p.requires_grad]}],
                       lambda o, c: (step_log_probs(policy, o, c, **kwargs), None), sample_kwargs=kwargs)
             ppo.state.env_steps = env_steps
-            ppo.run(envs, batcher, seed + 10_000, cfg.online_iterations, cfg.online_wall_budget_s, PPOHooks(),
-                    lambda i, row: curves.log(cfg.offline_iterations + i, {**row, "wall_s": time.perf_counter() - t0}))
+            best = {"rate": max(float(v["success_rate"]) for v in stages.values())}
+
+            def online_eval(it: int) -> dict[str, float]:
+                if cfg.online_eval_every <= 0 or it % cfg.online_eval_every:
+                    return {}
+                s = common.evaluate_success(policy, start.normalizer, task, n_episodes=cfg.online_eval_episodes,
+                                            n_workers=cfg.eval_workers, action_key=action_key)
+                return {"eval/success_rate": s["success_rate"]}
+
+            def online_save(it: int, row: dict[str, Any]) -> None:
+                if (rate := row.get("eval/success_rate")) is None:
+                    return
+                save("last", stage=f"online_{it}")
+                if rate > best["rate"]:
+                    best.update(rate=rate, path=save("best", stage=f"online_{it}"), iteration=it)
+                curves.plot(title=f"RL-100 on {task.get('name', task.get('env'))}")
+
+            def online_log(it: int, row: dict[str, Any]) -> None:
+                row = {**row, "wall_s": time.perf_counter() - t0}
+                curves.log(cfg.offline_iterations + it, row)
+                print(f"[rl100] online it {it} env_steps {row['env_steps']} wall {row['wall_s']:.0f}s rollout_success "
+                      f"{row.get('rollout/success_rate', float('nan')):.2f} eval {row.get('eval/success_rate', '-')} "
+                      f"kl {row.get('ppo/approx_kl', float('nan')):.4f}", flush=True)
+
+            ppo.run(envs, batcher, seed + 10_000, cfg.online_iterations, cfg.online_wall_budget_s,
+                    PPOHooks(evaluate=online_eval, save=online_save), online_log)
             env_steps = ppo.state.env_steps
             stages["online"] = evaluate()
+            if "path" in best:
+                extra_summary.update(best_checkpoint=str(best["path"]), best_online_iteration=best["iteration"],
+                                     best_eval_success=best["rate"])
     finally:
         envs.close()
     train_wall = time.perf_counter() - t0
@@ -351,6 +383,7 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
     curves.close()
     summary = common.finetune_summary(algo="rl100", start_path=checkpoint, before=stages["before"], after=after,
                                       env_steps=env_steps, wall_s=train_wall, final_checkpoint=final, seed=seed,
-                                      stages={k: v.get("success_rate") for k, v in stages.items()}, **extra)
+                                      stages={k: v.get("success_rate") for k, v in stages.items()}, **extra,
+                                      **extra_summary)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
