@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from robopolicy.policies.compose import compose_checkpoints, save_composed
+from robopolicy.rl.common import task_from_config
 from robopolicy.rl.dsrl import success_in_process
 
 
@@ -56,13 +56,10 @@ def main() -> None:
     ap.add_argument("--save-composed", default=None, help="write the chosen composition as a checkpoint here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    task_file = Path(f"configs/task/{args.task}.yaml")
-    if not task_file.is_file():
-        ap.error(f"--task {args.task}: no {task_file}; choose one of "
-                 f"{sorted(p.stem for p in Path('configs/task').glob('*.yaml'))} (and --env for the sim task)")
-    task = yaml.safe_load(task_file.read_text())
-    if args.env:
-        task["env"] = args.env
+    try:
+        task = task_from_config(args.task, args.env)
+    except ValueError as e:
+        ap.error(str(e))
     out = Path(args.out or f"results/gpc_{args.env or args.task}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     grid = [float(w) for w in args.grid.split(",")]

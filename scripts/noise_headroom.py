@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from robopolicy.rl import common
 from robopolicy.rl.dsrl import success_in_process
@@ -60,13 +59,10 @@ def main() -> None:
     if args.layouts < 2 or args.noises < 1:
         ap.error("need --layouts >= 2 and --noises >= 1")
     torch.set_num_threads(args.threads)
-    task_file = Path(f"configs/task/{args.task}.yaml")
-    if not task_file.is_file():
-        ap.error(f"--task {args.task}: no {task_file}; choose one of "
-                 f"{sorted(p.stem for p in Path('configs/task').glob('*.yaml'))}")
-    task = yaml.safe_load(task_file.read_text())
-    if args.env:
-        task["env"] = args.env
+    try:
+        task = common.task_from_config(args.task, args.env)
+    except ValueError as e:
+        ap.error(str(e))
     if args.max_episode_steps:
         task["max_episode_steps"] = args.max_episode_steps
     try:

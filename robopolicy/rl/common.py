@@ -75,6 +75,20 @@ def task_env_name(task: dict[str, Any]) -> str:
     return str(name)
 
 
+def task_from_config(name: str, env: str | None = None, root: str | Path = "configs/task") -> dict[str, Any]:
+    """The task dict of `configs/task/<name>.yaml` for scripts outside hydra, with `env` overriding its sim task."""
+    import yaml
+
+    path = Path(root) / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"task {name!r}: no {path}; choose one of {sorted(p.stem for p in Path(root).glob('*.yaml'))}"
+                         " (and an env for the sim task, e.g. metaworld + metaworld_reach)")
+    task = yaml.safe_load(path.read_text())
+    if env:
+        task["env"] = env
+    return task
+
+
 def chunk_env_fn(task: dict[str, Any], spec: PolicySpec) -> ChunkEnvFn:
     """The picklable worker factory of chunk-level envs for `task` and a policy with `spec`.
 
