@@ -79,6 +79,7 @@ def main() -> None:
     t0 = time.perf_counter()
 
     obs = first_observations(policy, normalizer, task, args.seed, args.layouts, action_key)
+    policy.eval()  # ObsBatcher leaves the policy in training mode (it is made for fine-tuning)
     start_row = policy.spec.n_obs_steps - 1
     gen = torch.Generator().manual_seed(0)
     shape = policy.noise_shape(1)[1:]
