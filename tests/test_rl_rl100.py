@@ -183,8 +183,7 @@ def test_online_stage_evaluates_and_saves_last_and_best_on_its_cadence(monkeypat
         (d.name, meta["finetune"]["stage"], mode_stats(p)[0])) or d)
     algo = {"num_inference_steps": 4, "flow_std": 0.1, "offline_iterations": 0, "online_iterations": 6,
             "online_eval_every": 2, "online_eval_episodes": 7, "eval_episodes": 11, "n_envs": 16, "in_process": True,
-            "il_steps": 0,
-            "distill_steps": 0, "ppo": dict(vars(PPOConfig(n_envs=16, n_steps=2, minibatch_size=16, actor_lr=1e-3,
+            "il_steps": 0, "distill_steps": 0, "ppo": dict(vars(PPOConfig(n_envs=16, n_steps=2, minibatch_size=16, actor_lr=1e-3,
                                                             critic_hidden=(16,), critic_warmup_iters=0)))}
     summary = rl100.finetune("start", {"name": "toy"}, algo, tmp_path, seed=0)
     assert evals == [11, 7, 7, 7, 11]  # before, online iterations 2, 4, 6, after
