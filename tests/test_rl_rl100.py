@@ -160,7 +160,8 @@ def test_successful_chunks_keep_whole_successful_episodes_only():
 
 def test_online_stage_evaluates_and_saves_last_and_best_on_its_cadence(monkeypatch, tmp_path):
     """`online_eval_every`: an evaluation every N online iterations, each saving last/ and, when it beats every
-    earlier evaluation, best/; the online stage on the toy moves the mass to the rewarded mode."""
+    earlier evaluation, best/; the online stage on the toy moves the mass to the rewarded mode. Without offline
+    iterations no demos are needed, although imitation re-training is configured and the start names no store."""
     from types import SimpleNamespace
 
     from robopolicy.rl import common, rl100
@@ -183,7 +184,7 @@ def test_online_stage_evaluates_and_saves_last_and_best_on_its_cadence(monkeypat
         (d.name, meta["finetune"]["stage"], mode_stats(p)[0])) or d)
     algo = {"num_inference_steps": 4, "flow_std": 0.1, "offline_iterations": 0, "online_iterations": 6,
             "online_eval_every": 2, "online_eval_episodes": 7, "eval_episodes": 11, "n_envs": 16, "in_process": True,
-            "il_steps": 0, "distill_steps": 0, "ppo": dict(vars(PPOConfig(n_envs=16, n_steps=2, minibatch_size=16, actor_lr=1e-3,
+            "il_steps": 50, "il_demo_fraction": 0.5, "distill_steps": 0, "ppo": dict(vars(PPOConfig(n_envs=16, n_steps=2, minibatch_size=16, actor_lr=1e-3,
                                                             critic_hidden=(16,), critic_warmup_iters=0)))}
     summary = rl100.finetune("start", {"name": "toy"}, algo, tmp_path, seed=0)
     assert evals == [11, 7, 7, 7, 11]  # before, online iterations 2, 4, 6, after

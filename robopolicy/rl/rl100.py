@@ -306,7 +306,9 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
     critics: IQLCritics | None = None
     successes = SuccessfulChunks(cfg.n_envs)
     n_demo = round(cfg.il_batch_size * cfg.il_demo_fraction)
-    demos = DemoBatches(start, n_demo, seed) if cfg.il_steps > 0 and n_demo > 0 else None
+    # Only the offline stage re-trains on demos; an online-only run must not need the start's task.store.
+    uses_demos = cfg.offline_iterations > 0 and cfg.il_steps > 0 and n_demo > 0
+    demos = DemoBatches(start, n_demo, seed) if uses_demos else None
     envs = common.make_chunk_envs(task, policy.spec, cfg.n_envs, cfg.context, cfg.in_process)
     try:
         for it in range(cfg.offline_iterations):
