@@ -164,10 +164,11 @@ def test_actor_lr_warm_up_ramps_every_actor_group_over_its_first_updates():
 
 
 def test_task_from_config_reads_the_yaml_and_names_the_choices_for_a_bad_task(tmp_path):
-    from robopolicy.rl.common import task_from_config
+    from robopolicy.rl.common import task_from_config, task_label
 
     (tmp_path / "metaworld.yaml").write_text("name: metaworld\nenv: metaworld_reach\nmax_episode_steps: 500\n")
     assert task_from_config("metaworld", root=tmp_path)["env"] == "metaworld_reach"
     assert task_from_config("metaworld", "metaworld_push", root=tmp_path)["env"] == "metaworld_push"
+    assert task_label(task_from_config("metaworld", "metaworld_push", root=tmp_path)) == "metaworld_push"
     with pytest.raises(ValueError, match=r"no .*nope.yaml; choose one of \['metaworld'\]"):
         task_from_config("nope", root=tmp_path)

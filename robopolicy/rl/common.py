@@ -75,6 +75,11 @@ def task_env_name(task: dict[str, Any]) -> str:
     return str(name)
 
 
+def task_label(task: dict[str, Any]) -> str:
+    """The sim task for plot titles: `metaworld_push`, not the config family `metaworld`."""
+    return str(task.get("env") or task.get("name") or "?")
+
+
 def task_from_config(name: str, env: str | None = None, root: str | Path = "configs/task") -> dict[str, Any]:
     """The task dict of `configs/task/<name>.yaml` for scripts outside hydra, with `env` overriding its sim task."""
     import yaml

@@ -407,7 +407,7 @@ def run_finetune(checkpoint: str, task: dict, algo: dict, out_dir: Path, seed: i
         if s["success_rate"] > best["success_rate"]:
             best.update(s)
             save("best", env_steps, s["success_rate"])
-        curves.plot(title=f"{name} on {task.get('name', '?')}")
+        curves.plot(title=f"{name} on {common.task_label(task)}")
         return {"eval/success_rate": s["success_rate"]}
 
     t0 = time.perf_counter()
@@ -423,7 +423,7 @@ def run_finetune(checkpoint: str, task: dict, algo: dict, out_dir: Path, seed: i
     held_out = cfg.eval_seed + 10_000
     before = evaluate(base, cfg.final_eval_episodes, held_out)
     after = evaluate(steered, cfg.final_eval_episodes, held_out)
-    curves.plot(title=f"{name} on {task.get('name', '?')}")
+    curves.plot(title=f"{name} on {common.task_label(task)}")
     curves.close()
     summary = common.finetune_summary(
         algo=name, start_path=checkpoint, before=before, after=after, env_steps=stats["env_steps"],

@@ -221,7 +221,7 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
     def periodic_save(it: int, row: dict[str, Any]) -> None:
         if cfg.checkpoint_every > 0 and it % cfg.checkpoint_every == 0:
             save("last")
-            curves.plot(title=f"ReinFlow on {task.get('name', task.get('env'))}")
+            curves.plot(title=f"ReinFlow on {common.task_label(task)}")
         rate = row.get("eval/success_rate")
         if rate is not None and rate > best["rate"]:
             best["rate"] = rate
@@ -245,7 +245,7 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
     after = evaluate(cfg.final_eval_episodes)
     curves.log(ppo.state.iteration, {"env_steps": ppo.state.env_steps, "wall_s": train_wall,
                                      "eval/success_rate": after["success_rate"], "final": 1})
-    curves.plot(title=f"ReinFlow on {task.get('name', task.get('env'))}")
+    curves.plot(title=f"ReinFlow on {common.task_label(task)}")
     curves.close()
     summary = common.finetune_summary(algo="reinflow", start_path=checkpoint, before=before, after=after,
                                       env_steps=ppo.state.env_steps, wall_s=train_wall, final_checkpoint=final,

@@ -349,7 +349,7 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
                 save("last", stage=f"online_{it}")
                 if rate > best["rate"]:
                     best.update(rate=rate, path=save("best", stage=f"online_{it}"), iteration=it)
-                curves.plot(title=f"RL-100 on {task.get('name', task.get('env'))}")
+                curves.plot(title=f"RL-100 on {common.task_label(task)}")
 
             def online_log(it: int, row: dict[str, Any]) -> None:
                 row = {**row, "wall_s": time.perf_counter() - t0}
@@ -381,7 +381,7 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
         obs = data.tensors()[0]
         extra = {"cm_checkpoint": str(cm_path), "cm_success": student_eval["success_rate"],
                  "cm_latency_ms": latency_ms(student, obs), "teacher_latency_ms": latency_ms(policy, obs)}
-    curves.plot(title=f"RL-100 on {task.get('name', task.get('env'))}")
+    curves.plot(title=f"RL-100 on {common.task_label(task)}")
     curves.close()
     summary = common.finetune_summary(algo="rl100", start_path=checkpoint, before=stages["before"], after=after,
                                       env_steps=env_steps, wall_s=train_wall, final_checkpoint=final, seed=seed,
