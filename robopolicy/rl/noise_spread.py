@@ -53,4 +53,5 @@ def spread_warning(spread: dict[str, float]) -> str | None:
     return (f"the base head's executed actions barely depend on its noise (spread {spread['noise_spread']:.3f} "
             f"over noises vs {spread['layout_spread']:.3f} between states, ratio {spread['ratio']:.2f} < "
             f"{LOW_SPREAD_RATIO}): DSRL can steer it only that far. A less converged or diffusion (DDIM) base "
-            "usually leaves more room; ReinFlow changes the weights instead.")
+            "usually leaves more room; ReinFlow changes the weights instead. Small action changes can still flip "
+            "outcomes on contact-rich tasks: scripts/noise_headroom.py measures the success over noises.")
