@@ -9,7 +9,7 @@ w is the weight of the first parent (the second gets 1 - w); the loop is the fir
 w = 1 is exactly parent 0, and w = 0 is parent 1's network run in parent 0's sampler (for a flow + diffusion
 pair: the diffusion head on the flow's Euler grid, converted at matched noise level). Each parent is also
 evaluated alone with its own sampler. Every policy sees the same episode seeds and the same initial noises
-(paired comparison). Episodes run all at once in one process (rl.dsrl.success_in_process, the eval runner's
+(paired comparison). Episodes run all at once in one process (rl.batched_eval.success_in_process, the eval runner's
 seeds). Writes results/gpc_<task>.json and results/gpc_<task>.png (success vs w on validation seeds, with
 the held-out results), and with --save-composed a checkpoint of the chosen composition.
 """
@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from robopolicy.policies.compose import compose_checkpoints, save_composed
+from robopolicy.rl.batched_eval import success_in_process
 from robopolicy.rl.common import task_from_config
-from robopolicy.rl.dsrl import success_in_process
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from robopolicy.rl import common
-from robopolicy.rl.dsrl import success_in_process
+from robopolicy.rl.batched_eval import success_in_process
 from robopolicy.rl.noise_spread import noise_spread
 
 

@@ -89,7 +89,7 @@ class DSRLConfig:
     eval_episodes: int = 20
     eval_seed: int = 100_000
     eval_workers: int = 1
-    eval_in_process: bool = True  # all eval episodes batched in this process (success_in_process); False: runner
+    eval_in_process: bool = True  # all eval episodes batched in this process (rl/batched_eval.py); False: runner
     final_eval_episodes: int = 50  # base vs steered on held-out seeds at the end (summary.json)
     num_threads: int = 1
 
@@ -310,37 +310,6 @@ def train_dsrl(learner: DSRLLearner, envs: ChunkEnvs, batcher: Batcher, seed: in
             "stopped_by": stopped_by}
 
 
-def success_in_process(policy: Any, normalizer: Any, task: dict, seed: int, n_episodes: int,
-                       noise_seed: int = 0, action_key: str = "action") -> dict[str, Any]:
-    """Success over episodes with seeds seed .. seed + n - 1 (the eval runner's seeds), all `n` episodes at once
-    in one in-process vector env with one batched policy call per chunk (the eval runner calls the policy
-    per worker; on a small CPU this is ~3x cheaper). Noise comes from a generator seeded with `noise_seed`,
-    so two policies evaluated with the same seeds see the same initial noises (paired comparisons)."""
-    from robopolicy.rl import common
-
-    envs = common.make_chunk_envs(task, policy.spec, n_episodes, in_process=True)
-    batcher = common.ObsBatcher(policy, normalizer, action_key)
-    policy.eval()
-    gen = torch.Generator().manual_seed(noise_seed)
-    done, success, length = np.zeros(n_episodes, bool), np.zeros(n_episodes, bool), np.zeros(n_episodes, int)
-    try:
-        raw = envs.reset(seed)
-        while not done.all():
-            noise = torch.randn(n_episodes, policy.spec.horizon, policy.spec.action_dim, generator=gen)
-            with torch.no_grad():
-                chunk = policy.predict_chunk(batcher.obs(raw), noise)
-            raw, _, _, _, info = envs.envs.step(batcher.executed_actions(chunk))
-            ended = np.asarray(info["done"], bool) & ~done
-            if ended.any():  # the episode_* keys are present only on steps where some episode ended
-                success[ended] = np.asarray(info["episode_success"], bool)[ended]
-                length[ended] = np.asarray(info["episode_length"])[ended]
-            done |= ended
-    finally:
-        envs.close()
-    return {"success_rate": float(success.mean()), "n_episodes": n_episodes, "seed": seed,
-            "successes": success.tolist(), "length_mean": float(length.mean())}
-
-
 def finetune(checkpoint: str, task: dict, algo: dict, out_dir: Path, seed: int) -> dict:
     """`robopolicy finetune algo=dsrl`: DSRL-SAC from an imitation checkpoint (see run_finetune)."""
     return run_finetune(checkpoint, task, algo, Path(out_dir), seed, variant="sac")
@@ -363,7 +332,7 @@ def run_finetune(checkpoint: str, task: dict, algo: dict, out_dir: Path, seed: i
 
     from robopolicy.policies.registry import build_config
     from robopolicy.policies.steered import parameter_hash
-    from robopolicy.rl import common
+    from robopolicy.rl import batched_eval, common
 
     name = "dsrl" if variant == "sac" else "dsrl_na"
     cfg = build_config(DSRLConfig, algo, where=f"algo '{name}'")
@@ -389,7 +358,7 @@ def run_finetune(checkpoint: str, task: dict, algo: dict, out_dir: Path, seed: i
 
     def evaluate(policy: Any, n: int, first_seed: int) -> dict[str, Any]:
         if cfg.eval_in_process:
-            out = success_in_process(policy, start.normalizer, task, first_seed, n, seed, action_key)
+            out = batched_eval.success_in_process(policy, start.normalizer, task, first_seed, n, seed, action_key)
         else:
             out = common.evaluate_success(policy, start.normalizer, task, n, first_seed, cfg.eval_workers, action_key)
         steered.actor.train()

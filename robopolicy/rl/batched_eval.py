@@ -1,0 +1,45 @@
+"""Success of a policy over a block of seeded episodes, all at once in one process.
+
+The eval runner (robopolicy/eval) calls the policy per worker and per episode; on a 2-core CPU, stepping all
+episodes in one in-process vector env with one batched policy call per chunk is ~3x cheaper. DSRL's in-run
+evaluations, the GPC weight search and scripts/noise_headroom.py use it. Its noise comes from a seeded
+generator, so two policies evaluated with the same seeds see the same initial noises (paired comparisons).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from robopolicy.rl import common
+
+
+def success_in_process(policy: Any, normalizer: Any, task: dict, seed: int, n_episodes: int,
+                       noise_seed: int = 0, action_key: str = "action") -> dict[str, Any]:
+    """Success over episodes with seeds seed .. seed + n - 1 (the eval runner's seeds), all `n` episodes at once
+    in one in-process vector env with one batched policy call per chunk (the eval runner calls the policy
+    per worker; on a small CPU this is ~3x cheaper). Noise comes from a generator seeded with `noise_seed`,
+    so two policies evaluated with the same seeds see the same initial noises (paired comparisons)."""
+    envs = common.make_chunk_envs(task, policy.spec, n_episodes, in_process=True)
+    batcher = common.ObsBatcher(policy, normalizer, action_key)
+    policy.eval()
+    gen = torch.Generator().manual_seed(noise_seed)
+    done, success, length = np.zeros(n_episodes, bool), np.zeros(n_episodes, bool), np.zeros(n_episodes, int)
+    try:
+        raw = envs.reset(seed)
+        while not done.all():
+            noise = torch.randn(n_episodes, policy.spec.horizon, policy.spec.action_dim, generator=gen)
+            with torch.no_grad():
+                chunk = policy.predict_chunk(batcher.obs(raw), noise)
+            raw, _, _, _, info = envs.envs.step(batcher.executed_actions(chunk))
+            ended = np.asarray(info["done"], bool) & ~done
+            if ended.any():  # the episode_* keys are present only on steps where some episode ended
+                success[ended] = np.asarray(info["episode_success"], bool)[ended]
+                length[ended] = np.asarray(info["episode_length"])[ended]
+            done |= ended
+    finally:
+        envs.close()
+    return {"success_rate": float(success.mean()), "n_episodes": n_episodes, "seed": seed,
+            "successes": success.tolist(), "length_mean": float(length.mean())}
