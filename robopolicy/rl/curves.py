@@ -11,11 +11,18 @@ import math
 from pathlib import Path
 from typing import Any
 
+# What the progress bar shows of a logged row, under a short name.
+BAR_KEYS = {"eval/success_rate": "eval", "rollout/success_rate": "rollout", "loss/target_mean": "Q target"}
+
 
 class LearningCurves:
-    """Log scalars to `<out_dir>/tb` (tensorboard) and `<out_dir>/metrics.jsonl`; draw `curves.png`."""
+    """Log scalars to `<out_dir>/tb` (tensorboard) and `<out_dir>/metrics.jsonl`; draw `curves.png`; show a
+    tqdm bar over environment steps (`total_env_steps` when known) with the latest eval and rollout success."""
 
-    def __init__(self, out_dir: str | Path, tensorboard: bool = True):
+    def __init__(self, out_dir: str | Path, tensorboard: bool = True, total_env_steps: int | None = None,
+                 progress: bool = True, desc: str = "finetune"):
+        from tqdm.auto import tqdm
+
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.out_dir / "metrics.jsonl"
@@ -25,6 +32,17 @@ class LearningCurves:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.out_dir / "tb"))
+        self.bar = tqdm(total=total_env_steps, desc=desc, unit="env step", unit_scale=True, disable=not progress,
+                        dynamic_ncols=True)
+        self._shown: dict[str, str] = {}
+
+    def advance(self, env_steps: int, **postfix: Any) -> None:
+        """Move the bar to `env_steps` (a running total) and show `postfix` beside the logged values."""
+        self._shown.update({k: (f"{v:.3g}" if isinstance(v, float) else str(v)) for k, v in postfix.items()})
+        if self._shown:
+            self.bar.set_postfix(self._shown, refresh=False)
+        if env_steps > self.bar.n:
+            self.bar.update(env_steps - self.bar.n)
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         """One row at iteration `step`; values should include env_steps and wall_s."""
@@ -38,12 +56,16 @@ class LearningCurves:
                 if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
                     self.writer.add_scalar(k, v, x)
             self.writer.flush()
+        shown = {name: row[k] for k, name in BAR_KEYS.items()
+                 if isinstance(row.get(k), (int, float)) and math.isfinite(row[k])}
+        self.advance(int(row.get("env_steps", self.bar.n)), **shown)
 
     def plot(self, path: str | Path | None = None, title: str = "") -> Path:
         """`curves.png`: eval success and rollout success vs env steps and vs wall time."""
         return plot_curves(self.rows, Path(path or self.out_dir / "curves.png"), title)
 
     def close(self) -> None:
+        self.bar.close()
         if self.writer is not None:
             self.writer.close()
 

@@ -252,11 +252,13 @@ class DSRLLearner:
 
 def train_dsrl(learner: DSRLLearner, envs: ChunkEnvs, batcher: Batcher, seed: int,
                on_eval: Callable[[int, float], dict[str, Any]] | None = None,
-               log: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+               log: Callable[[int, dict[str, Any]], None] | None = None,
+               progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Collect chunks with the noise actor and learn until `total_env_steps` or `max_wall_s`.
 
     `on_eval(env_steps, wall_s)` runs every `eval_every_env_steps` and at the end (its dict is logged);
-    `log(grad_steps, row)` receives rollout and loss statistics after every evaluation interval.
+    `log(grad_steps, row)` receives rollout and loss statistics after every evaluation interval;
+    `progress(env_steps)` is called after every chunk (a progress bar).
     Returns {env_steps, grad_steps, wall_s, stopped_by}.
     """
     cfg = learner.cfg
@@ -286,6 +288,8 @@ def train_dsrl(learner: DSRLLearner, envs: ChunkEnvs, batcher: Batcher, seed: in
         episodes.extend(pop().success if pop else [float(r > 0) for r, d in zip(reward, done, strict=True) if d])
         obs = next_obs
         env_steps += n
+        if progress is not None:
+            progress(env_steps)
         if env_steps >= cfg.init_rollout_steps:
             credit += cfg.utd * envs.n_envs
             while credit >= 1:
@@ -350,7 +354,7 @@ def run_finetune(checkpoint: str, task: dict, algo: dict, out_dir: Path, seed: i
     learner = DSRLLearner(steered, cfg, variant, seed)
     batcher = common.ObsBatcher(steered, start.normalizer, action_key)
     envs = common.make_chunk_envs(task, base.spec, cfg.n_envs, in_process=cfg.in_process)
-    curves = common.LearningCurves(out_dir)
+    curves = common.LearningCurves(out_dir, desc=name, total_env_steps=cfg.total_env_steps)
     steered_config = {"policy": {"name": "steered", "config": {
         "base_name": policy_cfg["name"], "base_config": policy_cfg.get("config") or {},
         "actor": dataclasses.asdict(cfg.actor)}}, "finetune": {"algo": name, "seed": seed, **algo}}
@@ -384,7 +388,8 @@ def run_finetune(checkpoint: str, task: dict, algo: dict, out_dir: Path, seed: i
     curves.log(0, {"env_steps": 0, "wall_s": 0.0, "eval/base_success_rate": base_eval["success_rate"],
                    **on_eval(0, 0.0)})
     try:
-        stats = train_dsrl(learner, envs, batcher, seed=50_000 + 1000 * seed, on_eval=on_eval, log=curves.log)
+        stats = train_dsrl(learner, envs, batcher, seed=50_000 + 1000 * seed, on_eval=on_eval, log=curves.log,
+                           progress=curves.advance)
     finally:
         envs.close()
     if parameter_hash(base) != base_hash:  # DSRL's contract: the base weights never change

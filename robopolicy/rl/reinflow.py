@@ -176,7 +176,9 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
     ppo = PPO(policy, critic, cfg.ppo, [{"params": velocity_params, "lr": cfg.ppo.actor_lr},
                                         {"params": list(noise_net.parameters()), "lr": cfg.noise_lr}],
               evaluate_terms(policy))
-    curves = common.LearningCurves(out_dir)
+    # The bar's total is the iteration budget's env steps (a wall budget may stop the run earlier).
+    curves = common.LearningCurves(out_dir, desc="reinflow", total_env_steps=cfg.iterations * cfg.ppo.n_envs
+                                   * cfg.ppo.n_steps * policy.spec.n_action_steps)
     (out_dir / "config.json").write_text(json.dumps({"algo": asdict(cfg), "task": task, "seed": seed,
                                                      "checkpoint": str(checkpoint)}, indent=2, default=str))
 

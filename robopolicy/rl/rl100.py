@@ -281,7 +281,7 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
     kwargs = make_stochastic(policy, cfg)
     action_key = (start.config.get("task") or {}).get("action_key", "action")
     batcher = common.ObsBatcher(policy, start.normalizer, action_key)
-    curves = common.LearningCurves(out_dir)
+    curves = common.LearningCurves(out_dir, desc="rl100")
     t0 = time.perf_counter()
     env_steps = 0
 
