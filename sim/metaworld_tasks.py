@@ -240,6 +240,11 @@ class MetaWorldEnv(gym.Env):
             reward = float(success)
         return self._observation(), float(reward), terminated, truncated, self._info(success, mw_info)
 
+    @property
+    def reward_bounds(self) -> tuple[float, float]:
+        """Per-step reward range: 0-10 for Meta-World's shaped reward, 0/1 for "sparse"."""
+        return (0.0, 1.0) if self.reward_mode == "sparse" else (0.0, 10.0)
+
     def render(self) -> np.ndarray | None:
         """The first camera (or "corner") at `render_size`, for videos; None unless render_mode='rgb_array'."""
         if self.render_mode != "rgb_array":

@@ -321,6 +321,11 @@ class RobosuiteEnv(gym.Env):
         truncated = self._elapsed >= self.max_episode_steps
         return self._obs(rs_obs), float(reward), terminated, truncated, info
 
+    @property
+    def reward_bounds(self) -> tuple[float, float]:
+        """Per-step reward range: robosuite's sparse reward (no shaping), scaled to 1 on success."""
+        return (0.0, 1.0)
+
     def render(self) -> np.ndarray | None:
         """Agentview frame at `render_size` (for videos), when render_mode == 'rgb_array'."""
         if self.render_mode != "rgb_array":

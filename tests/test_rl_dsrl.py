@@ -241,3 +241,24 @@ def test_noise_spread_tells_a_noise_blind_base_from_a_multimodal_one(toy_base):
     train_dsrl(DSRLLearner(steered, cfg, "sac", seed=0), ToyBandit(16), IdentityBatcher(), seed=0,
                log=lambda step, row: rows_logged.append(row))
     assert rows_logged[0]["base/ratio"] > 0.5
+
+
+def test_auto_target_clip_is_the_return_range_of_the_rewards():
+    from robopolicy.rl.returns import chunk_return_bounds, task_return_bounds
+
+    # -1 per chunk until success (0.125 * r - 0.125 per step, T_a = 8) at gamma 0.99: DSRL's setting
+    assert chunk_return_bounds((0.0, 1.0), 8, 0.99, 0.125, -0.125) == pytest.approx((-100.0, 0.0))
+    # a 0/1 reward: at most 1 per step, 8 per chunk, forever
+    assert chunk_return_bounds((0.0, 1.0), 8, 0.99) == pytest.approx((0.0, 800.0))
+    # a chunk that ends early sums fewer steps: -1 per step can be -1 for one chunk, not only -8
+    assert chunk_return_bounds((0.0, 0.0), 8, 0.5, 1.0, -1.0) == pytest.approx((-16.0, -1.0))
+    assert chunk_return_bounds((0.0, 1.0), 8, 1.0, 1.0, -0.5) is None  # undiscounted and unending: unbounded
+    with pytest.raises(ValueError, match="finite"):
+        chunk_return_bounds((1.0, 0.0), 8, 0.99)
+    pusht = {"name": "pusht", "env": "pusht", "env_kwargs": {"obs_mode": "state"}}
+    assert task_return_bounds(pusht, 8, 0.99) == pytest.approx((0.0, 800.0))
+    assert task_return_bounds({**pusht, "reward_scale": 0.125, "reward_offset": -0.125}, 8, 0.99) == pytest.approx(
+        (-100.0, 0.0))
+    assert DSRLConfig().target_clip == "auto" and DSRLConfig(target_clip=[-1, 0]).target_clip == (-1.0, 0.0)
+    with pytest.raises(ValueError, match="auto"):
+        DSRLConfig(target_clip="yes")

@@ -185,7 +185,11 @@ def test_sparse_reward_pays_only_the_success_step() -> None:
         rewards.append(reward)
     assert terminated and info["success"]
     assert rewards[-1] == 1.0 and sum(rewards) == 1.0  # dense mode pays 0-10 on every step
+    assert env.unwrapped.reward_bounds == (0.0, 1.0)  # what DSRL's auto target clip reads
     env.close()
+    dense = make_env("metaworld_reach", obs_mode="state")
+    assert dense.unwrapped.reward_bounds == (0.0, 10.0)
+    dense.close()
 
 
 def test_expert_noise_is_seeded_and_varies_demos() -> None:

@@ -38,6 +38,7 @@ import torch
 from robopolicy.nn.mlp import ACTIVATIONS
 from robopolicy.policies.steered import NoiseActorConfig, SteeredPolicy
 from robopolicy.rl.noise_spread import noise_spread, spread_warning
+from robopolicy.rl.returns import task_return_bounds
 from robopolicy.rl.sac import (
     ReplayBuffer,
     Temperature,
@@ -76,8 +77,10 @@ class DSRLConfig:
     # Clamp the critics' bootstrap targets to the range returns can take, e.g. [0, 1] for a 0/1 success reward
     # that ends the episode. Without it the targets of every run here climbed past that range (2.8-3.4 on reach,
     # 46 on pick-place, with Mish or Tanh critics). Our reading: the actor's max over a 64-D noise space feeds on
-    # the critics' errors, and gamma 0.99 per chunk can grow that bias up to 100x. None: no clamp.
-    target_clip: tuple[float, float] | None = None
+    # the critics' errors, and gamma 0.99 per chunk can grow that bias up to 100x. "auto": the range implied by
+    # the env's per-step reward range and the task's reward scale / offset (rl/returns.py; no clamp if the env
+    # declares none); [low, high]: that range; None: no clamp.
+    target_clip: tuple[float, float] | str | None = "auto"
     actor: NoiseActorConfig = field(default_factory=NoiseActorConfig)
     # DSRL-NA only
     noise_critic_grad_steps: int = 2  # Q^W distillation steps per gradient step (official 10)
@@ -102,7 +105,10 @@ class DSRLConfig:
             raise ValueError(f"gamma must be in [0, 1] and tau in (0, 1], got {self.gamma}, {self.tau}")
         if self.utd <= 0:
             raise ValueError(f"utd must be > 0, got {self.utd}")
-        if self.target_clip is not None:
+        if isinstance(self.target_clip, str):
+            if self.target_clip != "auto":
+                raise ValueError(f"target_clip must be 'auto', [low, high] or null, got {self.target_clip!r}")
+        elif self.target_clip is not None:
             if len(self.target_clip) != 2 or not self.target_clip[0] < self.target_clip[1]:
                 raise ValueError(f"target_clip must be [low, high] with low < high, got {self.target_clip}")
             self.target_clip = (float(self.target_clip[0]), float(self.target_clip[1]))
@@ -210,7 +216,8 @@ class DSRLLearner:
         return info
 
     def _clip(self, y: torch.Tensor) -> torch.Tensor:
-        return y if self.cfg.target_clip is None else y.clamp(*self.cfg.target_clip)
+        clip = self.cfg.target_clip
+        return y.clamp(*clip) if isinstance(clip, tuple) else y  # "auto" is resolved by run_finetune
 
     def _update_critics_sac(self) -> dict[str, float]:
         b = self.replay.sample(self.cfg.batch_size, self.gen)
@@ -345,6 +352,11 @@ def run_finetune(checkpoint: str, task: dict, algo: dict, out_dir: Path, seed: i
     out_dir = Path(out_dir)
     start = common.load_start(checkpoint)
     base = start.policy
+    if cfg.target_clip == "auto":
+        cfg = dataclasses.replace(cfg, target_clip=task_return_bounds(task, base.spec.n_action_steps, cfg.gamma))
+        print(f"[{name}] critic targets clamped to {cfg.target_clip} (the return range of the env's rewards; "
+              "set algo.target_clip to override)" if cfg.target_clip else
+              f"[{name}] the env declares no reward range: critic targets are not clamped", flush=True)
     base_hash = parameter_hash(base)
     policy_cfg = start.config.get("policy") or {}
     steered = SteeredPolicy(base.spec, SteeredPolicy.Config(base_name=policy_cfg["name"],
@@ -404,6 +416,7 @@ def run_finetune(checkpoint: str, task: dict, algo: dict, out_dir: Path, seed: i
         wall_s=time.perf_counter() - t0, final_checkpoint=out_dir / "last", best_checkpoint=out_dir / "best",
         best_eval_success=best["success_rate"], eval_seeds=[cfg.eval_seed, cfg.eval_episodes],
         held_out_seeds=[held_out, cfg.final_eval_episodes], grad_steps=stats["grad_steps"], train_wall_s=stats["wall_s"],
-        stopped_by=stats["stopped_by"], base_parameter_hash=base_hash, base_unchanged=True, seed=seed)
+        stopped_by=stats["stopped_by"], base_parameter_hash=base_hash, base_unchanged=True, seed=seed,
+        target_clip=cfg.target_clip)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

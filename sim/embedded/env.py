@@ -196,6 +196,11 @@ class EmbeddedEnv(gym.Env):
         truncated = self._elapsed >= self.max_episode_steps
         return self._obs(), float(info["success"]), terminated, truncated, info
 
+    @property
+    def reward_bounds(self) -> tuple[float, float]:
+        """Per-step reward range (1 on a successful step, else 0); RL uses it to bound returns."""
+        return (0.0, 1.0)
+
     def render(self) -> np.ndarray | None:
         """Front camera frame at `render_size` (for videos), or None when render_mode is None."""
         if self.render_mode != "rgb_array":

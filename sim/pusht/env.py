@@ -214,6 +214,11 @@ class PushTTask(gym.Env):
         truncated = (not terminated) and self._elapsed >= self.max_episode_steps
         return self._obs(), float(reward), terminated, truncated, info
 
+    @property
+    def reward_bounds(self) -> tuple[float, float]:
+        """Per-step reward range (goal coverage over the success threshold, clipped to [0, 1])."""
+        return (0.0, 1.0)
+
     def render(self) -> np.ndarray:
         """An RGB frame of `render_size` with the last action drawn as a cross (needs render_mode='rgb_array')."""
         if self.render_mode != "rgb_array":
