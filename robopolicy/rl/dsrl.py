@@ -87,7 +87,7 @@ class DSRLConfig:
     na_target_batch_size: int = 64  # rows of the Q^A update (each needs one pi_dp call for its target)
     prior_samples_per_state: int = 4
     prior_pool_size: int = 100_000
-    # evaluation (the eval runner, deterministic actor mean, fixed seeds) and checkpoints
+    # evaluation (fixed seeds; the actor samples with seeded noise, as the eval runner and the runtime do) and checkpoints
     eval_every_env_steps: int = 5000
     eval_episodes: int = 20
     eval_seed: int = 100_000
