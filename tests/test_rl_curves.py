@@ -7,9 +7,10 @@ import json
 from robopolicy.rl.curves import LearningCurves
 
 
-def test_rows_reach_the_jsonl_the_png_and_the_progress_bar(tmp_path):
+def test_rows_reach_the_jsonl_the_png_and_the_progress_bar(tmp_path, capsys):
     curves = LearningCurves(tmp_path, tensorboard=False, total_env_steps=1000, desc="dsrl")
     curves.log(0, {"env_steps": 0, "wall_s": 0.0, "eval/success_rate": 0.25})
+    curves.message("[dsrl] a line above the bar")
     curves.advance(160)  # per-chunk progress between logged rows
     assert curves.bar.n == 160 and curves.bar.total == 1000
     curves.log(1, {"env_steps": 480, "wall_s": 3.0, "rollout/success_rate": 0.5, "eval/success_rate": 0.75,
@@ -23,3 +24,5 @@ def test_rows_reach_the_jsonl_the_png_and_the_progress_bar(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2] and rows[1]["eval/success_rate"] == 0.75
     assert png.exists() and png.stat().st_size > 1000
+    printed = capsys.readouterr()
+    assert "[dsrl] a line above the bar" in printed.out + printed.err

@@ -44,6 +44,10 @@ class LearningCurves:
         if env_steps > self.bar.n:
             self.bar.update(env_steps - self.bar.n)
 
+    def message(self, text: str) -> None:
+        """A line for the console above the progress bar (a plain print would break the bar's line)."""
+        self.bar.write(text) if not self.bar.disable else print(text, flush=True)
+
     def log(self, step: int, values: dict[str, Any]) -> None:
         """One row at iteration `step`; values should include env_steps and wall_s."""
         row = {"step": int(step), **{k: _scalar(v) for k, v in values.items()}}

@@ -354,9 +354,9 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
             def online_log(it: int, row: dict[str, Any]) -> None:
                 row = {**row, "wall_s": time.perf_counter() - t0}
                 curves.log(cfg.offline_iterations + it, row)
-                print(f"[rl100] online it {it} env_steps {row['env_steps']} wall {row['wall_s']:.0f}s rollout_success "
-                      f"{row.get('rollout/success_rate', float('nan')):.2f} eval {row.get('eval/success_rate', '-')} "
-                      f"kl {row.get('ppo/approx_kl', float('nan')):.4f}", flush=True)
+                curves.message(f"[rl100] online it {it} env_steps {row['env_steps']} wall {row['wall_s']:.0f}s "
+                               f"rollout_success {row.get('rollout/success_rate', float('nan')):.2f} "
+                               f"eval {row.get('eval/success_rate', '-')} kl {row.get('ppo/approx_kl', float('nan')):.4f}")
 
             ppo.run(envs, batcher, seed + 10_000, cfg.online_iterations, cfg.online_wall_budget_s,
                     PPOHooks(evaluate=online_eval, save=online_save), online_log)
