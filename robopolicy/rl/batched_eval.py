@@ -18,10 +18,8 @@ from robopolicy.rl import common
 
 def success_in_process(policy: Any, normalizer: Any, task: dict, seed: int, n_episodes: int,
                        noise_seed: int = 0, action_key: str = "action") -> dict[str, Any]:
-    """Success over episodes with seeds seed .. seed + n - 1 (the eval runner's seeds), all `n` episodes at once
-    in one in-process vector env with one batched policy call per chunk (the eval runner calls the policy
-    per worker; on a small CPU this is ~3x cheaper). Noise comes from a generator seeded with `noise_seed`,
-    so two policies evaluated with the same seeds see the same initial noises (paired comparisons)."""
+    """Success over episodes with seeds seed .. seed + n - 1 (the eval runner's seeds), all at once; the initial
+    noises come from a generator seeded with `noise_seed`. Returns success_rate, successes, length_mean."""
     envs = common.make_chunk_envs(task, policy.spec, n_episodes, in_process=True)
     batcher = common.ObsBatcher(policy, normalizer, action_key)
     policy.eval()

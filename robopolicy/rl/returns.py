@@ -16,8 +16,8 @@ from typing import Any
 
 def chunk_return_bounds(step_bounds: tuple[float, float], n_action_steps: int, gamma: float,
                         reward_scale: float = 1.0, reward_offset: float = 0.0) -> tuple[float, float] | None:
-    """[low, high] of sum_k gamma^k c_k, c_k a chunk's summed rewards; None when unbounded (gamma >= 1 with
-    rewards of both signs possible forever)."""
+    """[low, high] of sum_k gamma^k c_k, c_k a chunk's summed rewards; None when unbounded (gamma >= 1 and a
+    nonzero chunk reward possible at every step)."""
     lo, hi = step_bounds
     if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
         raise ValueError(f"step reward bounds must be finite with low <= high, got {step_bounds}")
