@@ -354,9 +354,11 @@ def run_finetune(checkpoint: str, task: dict, algo: dict, out_dir: Path, seed: i
     base = start.policy
     if cfg.target_clip == "auto":
         cfg = dataclasses.replace(cfg, target_clip=task_return_bounds(task, base.spec.n_action_steps, cfg.gamma))
-        print(f"[{name}] critic targets clamped to {cfg.target_clip} (the return range of the env's rewards; "
-              "set algo.target_clip to override)" if cfg.target_clip else
-              f"[{name}] the env declares no reward range: critic targets are not clamped", flush=True)
+        if cfg.target_clip is None:
+            print(f"[{name}] the env declares no reward range: critic targets are not clamped", flush=True)
+        else:
+            print(f"[{name}] critic targets clamped to {cfg.target_clip} (the return range of the env's rewards; "
+                  "set algo.target_clip to override)", flush=True)
     base_hash = parameter_hash(base)
     policy_cfg = start.config.get("policy") or {}
     steered = SteeredPolicy(base.spec, SteeredPolicy.Config(base_name=policy_cfg["name"],
