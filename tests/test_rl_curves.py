@@ -26,3 +26,16 @@ def test_rows_reach_the_jsonl_the_png_and_the_progress_bar(tmp_path, capsys):
     assert png.exists() and png.stat().st_size > 1000
     printed = capsys.readouterr()
     assert "[dsrl] a line above the bar" in printed.out + printed.err
+
+
+def test_a_wall_budget_shows_the_time_left_on_the_bar(tmp_path):
+    curves = LearningCurves(tmp_path, tensorboard=False, total_env_steps=10_000)
+    curves.advance(10)
+    assert "wall left" not in (curves.bar.postfix or "")  # no budget: tqdm's ETA is the only clock
+    curves.start_wall_budget(125.0)
+    curves.advance(20)
+    assert "wall left=2:0" in curves.bar.postfix  # 2:05 or 2:04, counted from start_wall_budget
+    curves.start_wall_budget(-5.0)  # overspent (a resumed run): never a negative time
+    curves.advance(30)
+    assert "wall left=0:00" in curves.bar.postfix
+    curves.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,13 @@ BAR_KEYS = {"eval/success_rate": "eval", "rollout/success_rate": "rollout", "los
 
 class LearningCurves:
     """Log scalars to `<out_dir>/tb` (tensorboard) and `<out_dir>/metrics.jsonl`; draw `curves.png`; show a
-    tqdm bar over environment steps (`total_env_steps` when known) with the latest eval and rollout success."""
+    tqdm bar over environment steps (`total_env_steps` when known) with the latest eval and rollout success.
+
+    With `wall_budget_s` the bar also shows the wall time left (`wall left=12:34`): a run stopped by its wall
+    budget ends long before the bar's env-step total, so tqdm's own ETA would mislead."""
 
     def __init__(self, out_dir: str | Path, tensorboard: bool = True, total_env_steps: int | None = None,
-                 progress: bool = True, desc: str = "finetune"):
+                 progress: bool = True, desc: str = "finetune", wall_budget_s: float | None = None):
         from tqdm.auto import tqdm
 
         self.out_dir = Path(out_dir)
@@ -35,10 +39,19 @@ class LearningCurves:
         self.bar = tqdm(total=total_env_steps, desc=desc, unit="env step", unit_scale=True, disable=not progress,
                         dynamic_ncols=True)
         self._shown: dict[str, str] = {}
+        self.wall_budget_s = wall_budget_s
+        self._t0 = time.perf_counter()
+
+    def start_wall_budget(self, wall_budget_s: float | None) -> None:
+        """Count `wall_budget_s` from now (a stage with its own budget, e.g. RL-100's online stage)."""
+        self.wall_budget_s, self._t0 = wall_budget_s, time.perf_counter()
 
     def advance(self, env_steps: int, **postfix: Any) -> None:
         """Move the bar to `env_steps` (a running total) and show `postfix` beside the logged values."""
         self._shown.update({k: (f"{v:.3g}" if isinstance(v, float) else str(v)) for k, v in postfix.items()})
+        if self.wall_budget_s is not None:
+            left = max(0, int(self.wall_budget_s - (time.perf_counter() - self._t0)))
+            self._shown["wall left"] = f"{left // 60}:{left % 60:02d}"
         if self._shown:
             self.bar.set_postfix(self._shown, refresh=False)
         if env_steps > self.bar.n:

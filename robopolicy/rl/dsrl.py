@@ -401,6 +401,7 @@ def run_finetune(checkpoint: str, task: dict, algo: dict, out_dir: Path, seed: i
     base_eval = evaluate(base, cfg.eval_episodes, cfg.eval_seed)
     curves.log(0, {"env_steps": 0, "wall_s": 0.0, "eval/base_success_rate": base_eval["success_rate"],
                    **on_eval(0, 0.0)})
+    curves.start_wall_budget(cfg.max_wall_s)
     try:
         stats = train_dsrl(learner, envs, batcher, seed=50_000 + 1000 * seed, on_eval=on_eval, log=curves.log,
                            progress=curves.advance)

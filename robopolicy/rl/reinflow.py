@@ -236,6 +236,8 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
                        f"eval {row.get('eval/success_rate', '-')} kl {row.get('ppo/approx_kl', float('nan')):.4f} "
                        f"clipfrac {row.get('ppo/clipfrac', float('nan')):.2f}")
 
+    if cfg.wall_budget_s is not None:  # a resumed run has spent part of it already
+        curves.start_wall_budget(cfg.wall_budget_s - ppo.state.wall_s)
     try:
         ppo.run(envs, batcher, seed=seed, iterations=cfg.iterations, wall_budget_s=cfg.wall_budget_s,
                 hooks=PPOHooks(before_iteration=before_iteration, evaluate=periodic_eval, save=periodic_save),

@@ -358,6 +358,7 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
                                f"rollout_success {row.get('rollout/success_rate', float('nan')):.2f} "
                                f"eval {row.get('eval/success_rate', '-')} kl {row.get('ppo/approx_kl', float('nan')):.4f}")
 
+            curves.start_wall_budget(cfg.online_wall_budget_s)
             ppo.run(envs, batcher, seed + 10_000, cfg.online_iterations, cfg.online_wall_budget_s,
                     PPOHooks(evaluate=online_eval, save=online_save), online_log)
             env_steps = ppo.state.env_steps
