@@ -20,11 +20,11 @@ class LearningCurves:
     """Log scalars to `<out_dir>/tb` (tensorboard) and `<out_dir>/metrics.jsonl`; draw `curves.png`; show a
     tqdm bar over environment steps (`total_env_steps` when known) with the latest eval and rollout success.
 
-    With `wall_budget_s` the bar also shows the wall time left (`wall left=12:34`): a run stopped by its wall
+    After `start_wall_budget` the bar also shows the wall time left (`wall left=12:34`): a run stopped by its wall
     budget ends long before the bar's env-step total, so tqdm's own ETA would mislead."""
 
     def __init__(self, out_dir: str | Path, tensorboard: bool = True, total_env_steps: int | None = None,
-                 progress: bool = True, desc: str = "finetune", wall_budget_s: float | None = None):
+                 progress: bool = True, desc: str = "finetune"):
         from tqdm.auto import tqdm
 
         self.out_dir = Path(out_dir)
@@ -39,7 +39,7 @@ class LearningCurves:
         self.bar = tqdm(total=total_env_steps, desc=desc, unit="env step", unit_scale=True, disable=not progress,
                         dynamic_ncols=True)
         self._shown: dict[str, str] = {}
-        self.wall_budget_s = wall_budget_s
+        self.wall_budget_s: float | None = None
         self._t0 = time.perf_counter()
 
     def start_wall_budget(self, wall_budget_s: float | None) -> None:
