@@ -9,7 +9,7 @@ per task kind and per instruction; NFE and median latency per chunk (batch 1 at 
 Part 2 (own rollout loop, one env): the env draws task A and its instruction; the policy is given
 - "true": A's own instruction (reference),
 - "paraphrase": A in unseen words ("shove the red cube onto the goal"),
-- "swapped": another valid instruction B (other kind and block): success of B and of A are both checked,
+- "swapped": another valid instruction B (another kind where the scene has one, another block): success of B and of A are both checked,
 - "unknown_colour": A with a colour the scene does not have ("purple"),
 - "empty": "" and "nonsense": "open the top drawer".
 For every episode: success of A (and B), which block moved most, whether a block ended in the target or on
@@ -62,16 +62,21 @@ def _variants(args: argparse.Namespace) -> list[tuple[str, str, dict]]:
     return [v for v in out if not args.only or any(s in v[0] for s in args.only)]
 
 
-def _swap_instruction(text: str) -> str:
-    """Another valid instruction of the scene: a different kind of task on a different block."""
+def _swap_kind(kind: str, kinds: list[str] | None) -> str:
+    """The kind of the "swapped" instruction: another kind where the scene has one, else the same kind."""
+    return SWAP_KIND[kind] if kinds is None or SWAP_KIND[kind] in kinds else kind
+
+
+def _swap_instruction(text: str, kinds: list[str] | None = None) -> str:
+    """Another valid instruction of the scene: a different kind of task (if the scene has one) on a different block."""
     from sim.embedded.task_defs import COLORS, TaskInstance
 
     words = text.split()
-    kind = {"push": "push", "put": "pick_place", "stack": "stack"}[words[0]]
+    kind = _swap_kind({"push": "push", "put": "pick_place", "stack": "stack"}[words[0]], kinds)
     obj = words[2]
     new_obj = COLORS[(COLORS.index(obj) + 1) % len(COLORS)]
-    ref = COLORS[(COLORS.index(new_obj) + 1) % len(COLORS)] if SWAP_KIND[kind] == "stack" else None
-    return TaskInstance(SWAP_KIND[kind], new_obj, ref).language
+    ref = COLORS[(COLORS.index(new_obj) + 1) % len(COLORS)] if kind == "stack" else None
+    return TaskInstance(kind, new_obj, ref).language
 
 
 def part0(args: argparse.Namespace) -> list[dict]:
@@ -90,7 +95,7 @@ def part0(args: argparse.Namespace) -> list[dict]:
     for name, ckpt, inference in _variants(args):
         agent = _load(ckpt, **inference)
         row = {"variant": name}
-        for label, texts in (("true", truth), ("swapped", [_swap_instruction(t) for t in truth]),
+        for label, texts in (("true", truth), ("swapped", [_swap_instruction(t, args.kinds) for t in truth]),
                              ("empty", [""] * len(truth))):
             torch.manual_seed(0)
             pred = agent.act({"state": state, "language": texts})
@@ -110,9 +115,9 @@ def part1(args: argparse.Namespace) -> list[dict]:
         torch.manual_seed(0)
         start = time.perf_counter()
         res = evaluate(agent, TASK, n_episodes=args.episodes, seed=args.seed, n_workers=args.workers,
-                       env_kwargs={"obs_mode": "state"}, videos_per_outcome=0, progress=False)
+                       env_kwargs=_env_kwargs(args), videos_per_outcome=0, progress=False)
         wall = time.perf_counter() - start
-        lat_b1 = _latency_b1(agent, repeats=5 if agent.nfe > 20 else 15)
+        lat_b1 = _latency_b1(agent, args, repeats=5 if agent.nfe > 20 else 15)
         recs = res.records if hasattr(res, "records") else res["records"]
         per_instr: dict[str, list[bool]] = collections.defaultdict(list)
         per_kind: dict[str, list[bool]] = collections.defaultdict(list)
@@ -135,11 +140,16 @@ def part1(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def _latency_b1(agent, repeats: int) -> float:
+def _env_kwargs(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """The eval scene: state observations, and the task kinds of --kinds (all three by default)."""
+    return {"obs_mode": "state", **({"kinds": args.kinds} if args.kinds else {}), **extra}
+
+
+def _latency_b1(agent, args: argparse.Namespace, repeats: int) -> float:
     """Median ms of one act() on one fixed observation (batch 1), after a warm-up call."""
     from sim import make_env
 
-    env = make_env(TASK, obs_mode="state")
+    env = make_env(TASK, **_env_kwargs(args))
     obs, info = env.reset(seed=0)
     env.close()
     batch = {"state": np.stack([obs["state"]] * agent.n_obs_steps)[None], "language": [info["language"]]}
@@ -153,7 +163,7 @@ def _latency_b1(agent, repeats: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------ part 2
-def _given(kind: str, task, rng: np.random.Generator):
+def _given(kind: str, task, rng: np.random.Generator, kinds: list[str] | None = None):
     """(instruction given to the policy, TaskInstance it asks for or None)."""
     from sim.embedded.task_defs import COLORS, TaskInstance
 
@@ -164,7 +174,7 @@ def _given(kind: str, task, rng: np.random.Generator):
     if kind == "swapped":
         other = [c for c in COLORS if c != task.obj]
         obj = str(other[int(rng.integers(len(other)))])
-        new_kind = SWAP_KIND[task.kind]
+        new_kind = _swap_kind(task.kind, kinds)
         ref = str([c for c in COLORS if c != obj][int(rng.integers(2))]) if new_kind == "stack" else None
         b = TaskInstance(new_kind, obj, ref)
         return b.language, b
@@ -189,15 +199,16 @@ def _scene_summary(scene, start: dict[str, np.ndarray]) -> dict:
             "in_target": in_target, "stacked": stacked}
 
 
-def probe_episode(agent, seed: int, kind: str, max_steps: int) -> dict:
+def probe_episode(agent, seed: int, kind: str, args: argparse.Namespace) -> dict:
     from sim import make_env
     from sim.embedded.task_defs import COLORS, is_success
 
-    env = make_env(TASK, obs_mode="state", terminate_on_success=False)
+    max_steps = args.max_steps
+    env = make_env(TASK, **_env_kwargs(args, terminate_on_success=False))
     obs, info = env.reset(seed=seed)
     base = env.unwrapped
     task = base.task
-    text, asked = _given(kind, task, np.random.default_rng(seed))
+    text, asked = _given(kind, task, np.random.default_rng(seed), args.kinds)
     start = {c: base.scene.block_pose(c)[0].copy() for c in COLORS}
     hist = collections.deque([obs["state"]] * agent.n_obs_steps, maxlen=agent.n_obs_steps)
     agent.reset()
@@ -229,7 +240,7 @@ def part2(args: argparse.Namespace) -> dict:
         agent = _load(ckpt, **inference)
         res = {}
         for kind in args.probes:
-            eps = [probe_episode(agent, args.seed + 50_000 + i, kind, args.max_steps) for i in range(args.probe_episodes)]
+            eps = [probe_episode(agent, args.seed + 50_000 + i, kind, args) for i in range(args.probe_episodes)]
             summary = {
                 "episodes": len(eps),
                 "env_task_success": sum(e["env_task_success"] for e in eps),
@@ -261,6 +272,9 @@ def main() -> None:
     ap.add_argument("--skip-part1", action="store_true")
     ap.add_argument("--store", help="episode store for the held-out-window action errors (part 0)")
     ap.add_argument("--windows", type=int, default=64)
+    ap.add_argument("--kinds", nargs="+", default=None,
+                    help="task kinds of the scene (env kwarg `kinds`), e.g. --kinds push for the push-only "
+                         "store of configs/task/embedded_multitask_push.yaml; default all three")
     ap.add_argument("--out", default="results/bench_vla.json")
     args = ap.parse_args()
     if not args.dd and not args.diffusion:

@@ -45,6 +45,8 @@ def main() -> int:
     ap.add_argument("--episodes", type=int, default=36, help="closed-loop episodes, seeds --seed, --seed + 1, ...")
     ap.add_argument("--seed", type=int, default=100000)
     ap.add_argument("--max-steps", type=int, default=150)
+    ap.add_argument("--kinds", nargs="+", default=None,
+                    help="task kinds of the eval scene (env kwarg `kinds`), e.g. --kinds push; default all three")
     ap.add_argument("--out", default="results/probe_bc_multitask.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -76,7 +78,7 @@ def main() -> int:
 
     from sim.registry import make_env
 
-    env = make_env("embedded_multitask", obs_mode="state")
+    env = make_env("embedded_multitask", obs_mode="state", kinds=args.kinds)
     per_kind: dict[str, list[int]] = {}
     try:
         for k in range(args.episodes):
@@ -106,7 +108,7 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"store": args.store, "steps": args.steps, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                                "held_out_mae": mae.round(4).tolist(), "predict_zero_mae": zero.round(4).tolist(),
-                               "episodes": args.episodes, "seed": args.seed, "successes": total,
+                               "episodes": args.episodes, "seed": args.seed, "kinds": args.kinds, "successes": total,
                                "per_kind": per_kind}, indent=2))
     print(f"wrote {out}")
     return 0

@@ -9,6 +9,7 @@ robosuite or Meta-World unless one of their tasks is asked for.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ class TaskSpec:
 
     name: str
     make_env: Callable[..., gym.Env]
-    make_expert: Callable[[gym.Env], Any] | None
+    make_expert: Callable[..., Any] | None  # (env, **expert_kwargs) -> expert
     max_episode_steps: int
     fps: float
     description: str = ""
@@ -82,9 +83,14 @@ def make_env(name: str, **kwargs: Any) -> gym.Env:
     return get_task(name).make_env(**kwargs)
 
 
-def make_expert(name: str, env: gym.Env) -> Any:
-    """Create the scripted expert of a task for a given env instance."""
+def make_expert(name: str, env: gym.Env, **kwargs: Any) -> Any:
+    """Create the scripted expert of a task for a given env instance (kwargs go to the expert, e.g. style)."""
     spec = get_task(name)
     if spec.make_expert is None:
         raise KeyError(f"task '{name}' has no scripted expert")
-    return spec.make_expert(env)
+    if kwargs:
+        try:
+            inspect.signature(spec.make_expert).bind(env, **kwargs)
+        except TypeError as e:
+            raise ValueError(f"the expert of task '{name}' does not take {sorted(kwargs)} ({e})") from e
+    return spec.make_expert(env, **kwargs)

@@ -53,3 +53,12 @@ def test_collect_cli(tmp_path, capsys):
     assert "expert success 2/3" in capsys.readouterr().out
     assert EpisodeStore.open(out).n_episodes == 2
     assert main(["list"]) == 0 and TASK in capsys.readouterr().out
+
+
+def test_collect_bad_expert_argument_keeps_the_existing_store(tmp_path):
+    out = tmp_path / "demos.zarr"
+    collect_demos(TASK, n=1, out=out, seed=1, obs_mode="state", progress=False)
+    with pytest.raises(ValueError, match="does not take"):
+        collect_demos(TASK, n=1, out=out, seed=1, obs_mode="state", progress=False, overwrite=True,
+                      expert_kwargs={"style": "plain"})
+    assert EpisodeStore.open(out).n_episodes == 1  # overwrite=True did not wipe it before the error

@@ -31,6 +31,8 @@ collect options (defaults in configs/collect.yaml):
   overwrite=false       replace an existing store;  append=false  add to an existing store
   progress=true         progress bar
   env_kwargs={...}      extra env arguments; point clouds: env_kwargs='{cameras: [front], pointcloud: {color: true}}'
+  expert_kwargs={...}   arguments of the task's expert; embedded tasks: expert_kwargs='{style: plain}' (one fixed
+                        behaviour instead of a random speed, height, noise and grasp per episode)
 
 Example:
   robopolicy sim collect task=pusht n=200 out=data/pusht.zarr
@@ -74,6 +76,7 @@ def _collect(argv: list[str]) -> int:
             max_attempts=None if cfg.max_attempts is None else int(cfg.max_attempts),
             stop_on_success=bool(cfg.stop_on_success), overwrite=bool(cfg.overwrite), append=bool(cfg.append),
             progress=bool(cfg.progress), env_kwargs=to_plain(cfg.get("env_kwargs")) or None,
+            expert_kwargs=to_plain(cfg.get("expert_kwargs")) or None,
         )
     except (FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

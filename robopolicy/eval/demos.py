@@ -98,6 +98,7 @@ def collect_demos(
     append: bool = False,
     env_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
+    expert_kwargs: dict[str, Any] | None = None,
 ) -> CollectResult:
     """Collect `n` successful expert episodes of `task` into the EpisodeStore at `out`.
 
@@ -109,17 +110,17 @@ def collect_demos(
         max_attempts: stop after this many attempts even if fewer than `n` succeeded (default 2n + 10).
         stop_on_success: end an episode at the expert's first success (else run to termination/time limit).
         overwrite / append: what to do when `out` exists (by default it is an error).
+        expert_kwargs: arguments of the task's expert (embedded tasks: style="plain" for one fixed behaviour).
     """
     from sim.registry import get_task, make_env, make_expert
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     spec = get_task(task)
+    expert_kwargs = dict(expert_kwargs or {})
     out = Path(out)
     if out.exists() and not (overwrite or append):
         raise FileExistsError(f"{out} already exists; pass append=true to add episodes or overwrite=true to replace it")
-    store = EpisodeStore.open(out, mode="a") if (append and out.exists()) else EpisodeStore.create(
-        out, fps=spec.fps, overwrite=overwrite)
     kwargs = dict(env_kwargs or {})
     if obs_mode is not None:
         kwargs.setdefault("obs_mode", obs_mode)
@@ -132,7 +133,14 @@ def collect_demos(
     env = make_env(task, **kwargs)
     if pointcloud_wrapper is not None:
         env = pointcloud_wrapper(env)
-    expert = make_expert(task, env)
+    try:
+        expert = make_expert(task, env, **expert_kwargs)
+        # Only now touch `out`: a bad expert argument must not replace an existing store with an empty one.
+        store = EpisodeStore.open(out, mode="a") if (append and out.exists()) else EpisodeStore.create(
+            out, fps=spec.fps, overwrite=overwrite)
+    except Exception:
+        env.close()
+        raise
     robot = _robot_name(task, env)
     max_attempts = max_attempts if max_attempts is not None else 2 * n + 10
     result = CollectResult(path=str(out), n_written=0, n_success=0, n_attempts=0)
@@ -157,7 +165,7 @@ def collect_demos(
             arrays["timestamp"] = np.arange(len(arrays["action"]), dtype=np.float64) / spec.fps
             store.add_episode(arrays, {"task": task, "language": language, "success": success,
                                        "source": "expert", "robot": robot, "seed": ep_seed,
-                                       "score": score})
+                                       "score": score, **({"expert": expert_kwargs} if expert_kwargs else {})})
             result.n_written += 1
             result.seeds_written.append(ep_seed)
     finally:

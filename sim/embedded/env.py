@@ -41,6 +41,7 @@ from sim.embedded.task_defs import (
     COLORS,
     FAMILIES,
     TaskInstance,
+    check_kinds,
     is_success,
     sample_instance,
     sample_layout,
@@ -73,6 +74,7 @@ class EmbeddedEnv(gym.Env):
         control_hz: control rate; the physics runs at 500 Hz.
         max_episode_steps: truncation horizon.
         terminate_on_success: end the episode at the first successful step.
+        kinds: "multitask" only: the task kinds to draw from, e.g. ["push"] (3 instructions); default all three.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
@@ -90,6 +92,7 @@ class EmbeddedEnv(gym.Env):
         max_episode_steps: int = 200,
         terminate_on_success: bool = True,
         render_size: int | tuple[int, int] = (256, 256),
+        kinds: tuple[str, ...] | list[str] | None = None,
     ) -> None:
         super().__init__()
         if task not in FAMILIES:
@@ -110,6 +113,9 @@ class EmbeddedEnv(gym.Env):
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
         self.family = task
+        if kinds is not None and task != "multitask":
+            raise ValueError(f"kinds only applies to task='multitask', not {task!r}")
+        self.kinds = check_kinds(kinds)
         self.obs_mode = obs_mode
         self.state_mode = state_mode
         self.render_mode = render_mode
@@ -149,7 +155,7 @@ class EmbeddedEnv(gym.Env):
         """Sample a goal (multitask) and a layout from `seed`; the arm starts at home, gripper open."""
         super().reset(seed=seed)
         rng = self.np_random
-        self.task = sample_instance(self.family, rng)
+        self.task = sample_instance(self.family, rng, self.kinds)
         blocks, yaws, target = sample_layout(self.task, rng)
         self.scene.reset()
         for name in COLORS:

@@ -3,7 +3,9 @@
 Every step the expert re-reads the block poses (`env.unwrapped.scene`), so a slipped grasp or a block that
 rotated during a push is recovered from rather than ignored. Per episode (seeded by `reset(seed)`) it
 draws its speed, hover heights, action noise, which of the equivalent grasp yaws to use and whether its
-free-space moves arc to the left or to the right, so demonstrations are multimodal.
+free-space moves arc to the left or to the right, so demonstrations are multimodal. `style="plain"` fixes all
+of these at their middle values with no noise: one behaviour per layout and instruction, for a store that
+plain imitation can learn from a few hundred demos (the style is not in the observation).
 """
 
 from __future__ import annotations
@@ -36,11 +38,16 @@ def _arc_point(a: np.ndarray, b: np.ndarray, offset: float) -> np.ndarray:
 class EmbeddedExpert:
     """Expert for every embedded task family; the goal is read from the env at each step."""
 
-    def __init__(self, env: gym.Env) -> None:
+    STYLES = ("varied", "plain")
+
+    def __init__(self, env: gym.Env, style: str = "varied") -> None:
         inner = env.unwrapped
         if not isinstance(inner, EmbeddedEnv):
             raise TypeError(f"EmbeddedExpert needs an EmbeddedEnv, got {type(inner).__name__}")
+        if style not in self.STYLES:
+            raise ValueError(f"EmbeddedExpert style must be one of {self.STYLES}, got {style!r}")
         self.env = inner
+        self.style = style
         self.reset(None)
 
     @property
@@ -49,7 +56,9 @@ class EmbeddedExpert:
         return self.env.scene
 
     def reset(self, seed: int | None) -> None:
-        """Draw this episode's style (speed, heights, noise, grasp yaw choice, arc side) from `seed`."""
+        """Draw this episode's style (speed, heights, noise, grasp yaw choice, arc side) from `seed`.
+
+        With style "plain" every episode gets the middle of each range, no noise and no arc."""
         self.rng = np.random.default_rng(seed)
         r = self.rng
         self.speed = float(r.uniform(0.6, 1.0))
@@ -60,6 +69,9 @@ class EmbeddedExpert:
         self.yaw_pick = int(r.integers(2))  # which of the two top-down grasp yaws to prefer
         self.grasp_dz = float(r.uniform(-0.004, 0.004))
         self.push_depth = float(r.uniform(0.015, 0.025))
+        if self.style == "plain":
+            self.speed, self.noise, self.hover, self.carry = 0.8, 0.0, 0.095, 0.115
+            self.arc, self.yaw_pick, self.grasp_dz, self.push_depth = 0.0, 0, 0.0, 0.02
         self.phase = "start"
         self.counter = 0
         self.task: TaskInstance | None = None

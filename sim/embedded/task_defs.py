@@ -54,13 +54,30 @@ DEFAULT_INSTANCES: dict[str, TaskInstance] = {
 }
 
 
-def sample_instance(family: str, rng: np.random.Generator) -> TaskInstance:
-    """The goal of an episode: fixed for a single-task family, drawn from `rng` for `multitask`."""
+KINDS: tuple[Kind, ...] = ("push", "pick_place", "stack")
+
+
+def check_kinds(kinds: tuple[str, ...] | list[str] | None) -> tuple[Kind, ...]:
+    """The task kinds `multitask` draws from (all three when None); a clear error for an unknown or empty set."""
+    if kinds is None:
+        return KINDS
+    kinds = tuple(kinds)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise ValueError(f"multitask kinds must be a non-empty subset of {KINDS}, got {kinds}")
+    return kinds  # type: ignore[return-value]
+
+
+def sample_instance(family: str, rng: np.random.Generator, kinds: tuple[Kind, ...] = KINDS) -> TaskInstance:
+    """The goal of an episode: fixed for a single-task family, drawn from `rng` for `multitask`.
+
+    `kinds` narrows `multitask` to some task kinds (e.g. push only: 3 instructions, one per colour). With all
+    three kinds the draw is the same as before the option existed, so stores and seeds stay comparable."""
     if family in DEFAULT_INSTANCES:
         return DEFAULT_INSTANCES[family]
     if family != "multitask":
         raise ValueError(f"unknown embedded task family '{family}'; choose one of {', '.join(FAMILIES)}")
-    kind: Kind = ("push", "pick_place", "stack")[int(rng.integers(3))]
+    kind: Kind = kinds[int(rng.integers(len(kinds)))]
     obj, ref = (str(c) for c in rng.permutation(COLORS)[:2])
     return TaskInstance(kind, obj, ref if kind == "stack" else None)
 
