@@ -126,7 +126,8 @@ def pooled_summary(paths: list[Path]) -> dict:
 
 
 def curve(method_dir: Path) -> list[dict]:
-    """The eval points of a run's metrics.jsonl: env steps, wall time, success."""
+    """The eval points of a run's metrics.jsonl: env steps, wall time, success, and the stage where the run
+    has stages (RL-100's offline iterations log `offline/accepted`; they are marked "offline")."""
     rows = []
     f = method_dir / "metrics.jsonl"
     if not f.exists():
@@ -135,7 +136,7 @@ def curve(method_dir: Path) -> list[dict]:
         r = json.loads(line)
         if "eval/success_rate" in r:
             rows.append({"env_steps": r.get("env_steps", 0), "wall_s": r.get("wall_s", 0.0),
-                         "success": r["eval/success_rate"]})
+                         "success": r["eval/success_rate"], **({"stage": "offline"} if "offline/accepted" in r else {})})
     return rows
 
 
@@ -165,8 +166,12 @@ def plot(result: dict, path: Path) -> None:
         c = r["curve"]
         if not c:
             continue
+        offline = [p for p in c if p.get("stage") == "offline"]
         for ax, key in zip(axes, ("env_steps", "wall_s"), strict=True):
-            ax.plot([p[key] for p in c], [p["success"] for p in c], marker="o", label=m)
+            (line,) = ax.plot([p[key] for p in c], [p["success"] for p in c], marker="o", label=m)
+            if offline:  # RL-100: its offline stage's points as hollow squares, so its share of a lift shows
+                ax.plot([p[key] for p in offline], [p["success"] for p in offline], ls="none", marker="s", ms=10,
+                        mfc="none", color=line.get_color(), label=f"{m}: offline stage" if key == "env_steps" else None)
     start = (result.get("start_eval") or {}).get("success_rate")
     for ax, xl in zip(axes, ("environment steps", "wall time (s)"), strict=True):
         if start is not None:

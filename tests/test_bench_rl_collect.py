@@ -31,7 +31,8 @@ def test_collect_pools_evaluations_and_writes_json_and_plot(tmp_path):
     run.mkdir()
     rows = [{"step": 0, "env_steps": 0, "wall_s": 0.0, "eval/success_rate": 0.5},
             {"step": 1, "env_steps": 100, "wall_s": 5.0, "loss": 1.0},
-            {"step": 2, "env_steps": 200, "wall_s": 9.0, "eval/success_rate": 0.75}]
+            {"step": 2, "env_steps": 150, "wall_s": 7.0, "eval/success_rate": 0.6, "offline/accepted": 1},
+            {"step": 3, "env_steps": 200, "wall_s": 9.0, "eval/success_rate": 0.75}]
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     (run / "summary.json").write_text(json.dumps({"env_steps": 200, "wall_s": 9.0}))
     start = _eval_json(tmp_path / "start" / "eval.json", 11, 20, 255.0)
@@ -47,7 +48,9 @@ def test_collect_pools_evaluations_and_writes_json_and_plot(tmp_path):
     assert fin["length_mean"] == pytest.approx((20 * 100.0 + 30 * 150.0) / 50)
     lo, hi = fin["success_ci95"]
     assert lo < 41 / 50 < hi
-    assert [p["env_steps"] for p in result["methods"]["a"]["curve"]] == [0, 200]
+    curve = result["methods"]["a"]["curve"]
+    assert [p["env_steps"] for p in curve] == [0, 150, 200]
+    assert [p.get("stage") for p in curve] == [None, "offline", None]  # RL-100's offline-stage point is marked
     assert result["methods"]["b"]["final_eval"] is None
     assert result["start_eval"]["n_success"] == 11
     assert (out / "bench_rl.png").stat().st_size > 0
