@@ -188,21 +188,22 @@ def test_expert_succeeds(task, seed):
     assert info["success"], f"expert failed '{info['language']}' on seed {seed}"
 
 
+def _expert_actions(env, expert, env_seed: int, expert_seed: int, n: int = 12) -> np.ndarray:
+    """The expert's first n actions on the layout of env_seed, with its style drawn from expert_seed."""
+    obs, info = env.reset(seed=env_seed)
+    expert.reset(expert_seed)
+    acts = []
+    for _ in range(n):
+        acts.append(expert.act(obs, info))
+        obs, _, _, _, info = env.step(acts[-1])
+    return np.stack(acts)
+
+
 def test_expert_is_seeded_and_varies():
     env = make_env("embedded_pick_place", obs_mode="state")
     expert = make_expert("embedded_pick_place", env)
-
-    def rollout(env_seed, expert_seed, n=12):
-        obs, info = env.reset(seed=env_seed)
-        expert.reset(expert_seed)
-        acts = []
-        for _ in range(n):
-            acts.append(expert.act(obs, info))
-            obs, _, _, _, info = env.step(acts[-1])
-        return np.stack(acts)
-
-    np.testing.assert_array_equal(rollout(0, 5), rollout(0, 5))
-    assert not np.allclose(rollout(0, 5), rollout(0, 6))
+    np.testing.assert_array_equal(_expert_actions(env, expert, 0, 5), _expert_actions(env, expert, 0, 5))
+    assert not np.allclose(_expert_actions(env, expert, 0, 5), _expert_actions(env, expert, 0, 6))
 
 
 @pytest.mark.slow
@@ -225,17 +226,8 @@ def test_expert_success_rate_over_20_seeds(task):
 def test_plain_expert_style_is_the_same_every_episode():
     env = make_env("embedded_pick_place", obs_mode="state")
     expert = make_expert("embedded_pick_place", env, style="plain")
-
-    def rollout(expert_seed, n=12):
-        obs, info = env.reset(seed=0)
-        expert.reset(expert_seed)
-        acts = []
-        for _ in range(n):
-            acts.append(expert.act(obs, info))
-            obs, _, _, _, info = env.step(acts[-1])
-        return np.stack(acts)
-
-    np.testing.assert_array_equal(rollout(5), rollout(6))  # same layout: same actions whatever the seed
+    # Same layout: the same actions whatever the expert's seed.
+    np.testing.assert_array_equal(_expert_actions(env, expert, 0, 5), _expert_actions(env, expert, 0, 6))
     with pytest.raises(ValueError, match="style"):
         make_expert("embedded_pick_place", env, style="fancy")
     with pytest.raises(ValueError, match="does not take"):
