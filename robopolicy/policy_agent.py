@@ -8,6 +8,7 @@ index T_o - 1 of the chunk (DESIGN.md's convention).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -127,6 +128,16 @@ class PolicyAgent:
         if setter is None:
             raise AttributeError(f"{type(self.policy).__name__} has no inference settings to change")
         setter(**kwargs)
+        return self
+
+    def set_action_steps(self, n: int) -> PolicyAgent:
+        """Execute n actions per call instead of the trained T_a (Diffusion Policy's n_action_steps is an
+        inference choice too): fewer re-plans more often, for fast scenes where T_a steps open loop is long."""
+        longest = self.spec.horizon - self.spec.n_obs_steps + 1
+        if not 1 <= int(n) <= longest:
+            raise ValueError(f"action steps must be in [1, {longest}] (horizon {self.spec.horizon} - T_o "
+                             f"{self.spec.n_obs_steps} + 1), got {n}")
+        self.spec = dataclasses.replace(self.spec, n_action_steps=int(n))
         return self
 
     def __repr__(self) -> str:

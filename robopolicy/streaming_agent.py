@@ -48,6 +48,11 @@ class StreamingPolicyAgent(PolicyAgent):
         """Buffers currently held."""
         return len(self._streams)
 
+    def set_action_steps(self, n: int) -> StreamingPolicyAgent:
+        """Not for streaming: its buffer shifts by the trained T_a per call (the chunk-wise noise levels)."""
+        raise ValueError("a streaming policy executes its trained T_a per call (the buffer shifts by it); "
+                         "retrain with another task.n_action_steps to change it")
+
     def reset(self) -> None:
         """Forget every buffer (and restart the seeded noise stream)."""
         super().reset()

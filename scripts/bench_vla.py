@@ -38,12 +38,17 @@ PARAPHRASE = {"push": "shove the {obj} cube onto the goal", "pick_place": "place
 SWAP_KIND = {"push": "stack", "pick_place": "push", "stack": "pick_place"}
 
 
+ACTION_STEPS: int | None = None  # --action-steps: actions executed per call (default: the trained T_a)
+
+
 def _load(path: str, **inference: Any):
     import robopolicy
 
     agent = robopolicy.load(path, device="cpu")
     if inference:
         agent.set_inference(**inference)
+    if ACTION_STEPS is not None:
+        agent.set_action_steps(ACTION_STEPS)
     return agent
 
 
@@ -275,8 +280,12 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=None,
                     help="task kinds of the scene (env kwarg `kinds`), e.g. --kinds push for the push-only "
                          "store of configs/task/embedded_multitask_push.yaml; default all three")
+    ap.add_argument("--action-steps", type=int, default=None,
+                    help="actions executed per policy call (default: the trained T_a); 1-2 re-plan nearly every step")
     ap.add_argument("--out", default="results/bench_vla.json")
     args = ap.parse_args()
+    global ACTION_STEPS
+    ACTION_STEPS = args.action_steps
     if not args.dd and not args.diffusion:
         ap.error("give --dd and/or --diffusion checkpoints")
     torch.set_num_threads(1)

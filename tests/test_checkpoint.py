@@ -96,6 +96,13 @@ def test_load_returns_an_agent_with_raw_actions(store, trained):
     manual = loaded.normalizer.unnormalize("action", chunk)[:, 1:5].numpy()
     np.testing.assert_allclose(actions, manual, rtol=0, atol=1e-6)
 
+    # Fewer executed actions per call, chosen at inference: the first n of the same chunk.
+    agent.set_action_steps(2)
+    assert agent.n_action_steps == 2
+    np.testing.assert_allclose(agent.act(obs), manual[:, :2], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"action steps must be in \[1, "):
+        agent.set_action_steps(0)
+
 
 def test_agent_rejects_wrong_observations(trained):
     agent = robopolicy.load(trained / "best")

@@ -197,6 +197,8 @@ def test_agent_keeps_buffer_and_reset_clears_it():
     agent.reset()
     assert agent.n_streams == 0 and agent.stream_state(0) is None
     assert np.array_equal(agent.act(obs), a1)  # fresh buffers from the restarted noise stream
+    with pytest.raises(ValueError, match="buffer shifts"):
+        agent.set_action_steps(4)
 
 
 def test_agent_stream_ids_are_independent_of_row_order():
