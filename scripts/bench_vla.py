@@ -38,17 +38,15 @@ PARAPHRASE = {"push": "shove the {obj} cube onto the goal", "pick_place": "place
 SWAP_KIND = {"push": "stack", "pick_place": "push", "stack": "pick_place"}
 
 
-ACTION_STEPS: int | None = None  # --action-steps: actions executed per call (default: the trained T_a)
-
-
-def _load(path: str, **inference: Any):
+def _load(path: str, args: argparse.Namespace, **inference: Any):
+    """The checkpoint's agent with the variant's inference settings and --action-steps."""
     import robopolicy
 
     agent = robopolicy.load(path, device="cpu")
     if inference:
         agent.set_inference(**inference)
-    if ACTION_STEPS is not None:
-        agent.set_action_steps(ACTION_STEPS)
+    if args.action_steps is not None:
+        agent.set_action_steps(args.action_steps)
     return agent
 
 
@@ -98,7 +96,7 @@ def part0(args: argparse.Namespace) -> list[dict]:
     expert = torch.stack([it["action"] for it in items]).numpy()[:, 1:9]  # executed: [T_o - 1, T_o - 1 + T_a)
     rows = []
     for name, ckpt, inference in _variants(args):
-        agent = _load(ckpt, **inference)
+        agent = _load(ckpt, args, **inference)
         row = {"variant": name}
         for label, texts in (("true", truth), ("swapped", [_swap_instruction(t, args.kinds) for t in truth]),
                              ("empty", [""] * len(truth))):
@@ -116,7 +114,7 @@ def part1(args: argparse.Namespace) -> list[dict]:
 
     rows = []
     for name, ckpt, inference in _variants(args):
-        agent = _load(ckpt, **inference)
+        agent = _load(ckpt, args, **inference)
         torch.manual_seed(0)
         start = time.perf_counter()
         res = evaluate(agent, TASK, n_episodes=args.episodes, seed=args.seed, n_workers=args.workers,
@@ -242,7 +240,7 @@ def part2(args: argparse.Namespace) -> dict:
     if args.diffusion:
         models.append(("continuous diffusion + language", args.diffusion, {}))
     for name, ckpt, inference in models:
-        agent = _load(ckpt, **inference)
+        agent = _load(ckpt, args, **inference)
         res = {}
         for kind in args.probes:
             eps = [probe_episode(agent, args.seed + 50_000 + i, kind, args) for i in range(args.probe_episodes)]
@@ -284,8 +282,6 @@ def main() -> None:
                     help="actions executed per policy call (default: the trained T_a); 1-2 re-plan nearly every step")
     ap.add_argument("--out", default="results/bench_vla.json")
     args = ap.parse_args()
-    global ACTION_STEPS
-    ACTION_STEPS = args.action_steps
     if not args.dd and not args.diffusion:
         ap.error("give --dd and/or --diffusion checkpoints")
     torch.set_num_threads(1)
