@@ -9,7 +9,8 @@ per task kind and per instruction; NFE and median latency per chunk (batch 1 at 
 Part 2 (own rollout loop, one env): the env draws task A and its instruction; the policy is given
 - "true": A's own instruction (reference),
 - "paraphrase": A in unseen words ("shove the red cube onto the goal"),
-- "swapped": another valid instruction B (another kind where the scene has one, another block): success of B and of A are both checked,
+- "swapped": another valid instruction B (another kind where the scene has one, another block): success of B
+  and of A are both checked,
 - "unknown_colour": A with a colour the scene does not have ("purple"),
 - "empty": "" and "nonsense": "open the top drawer".
 For every episode: success of A (and B), which block moved most, whether a block ended in the target or on

@@ -31,7 +31,9 @@ def instruction_features(instructions: list[str], text: str) -> np.ndarray:
     return ((feats * m).sum(1) / m.sum(1).clamp(min=1)).numpy()
 
 
-def load_pairs(store_path: str, text: str = "onehot") -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+def load_pairs(store_path: str, text: str = "onehot") -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str],
+                                                                np.ndarray]:
+    """(inputs, actions, episode index per row, sorted instructions, their feature rows) of a store."""
     from robopolicy.data.episode_store import EpisodeStore
 
     store = EpisodeStore.open(store_path)
@@ -47,7 +49,7 @@ def load_pairs(store_path: str, text: str = "onehot") -> tuple[np.ndarray, np.nd
         xs.append(np.concatenate([prev, state, code], axis=1))
         ys.append(ep["action"])
         eps.append(np.full(len(state), i))
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(eps), instructions
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(eps), instructions, table
 
 
 def main() -> int:
@@ -67,8 +69,7 @@ def main() -> int:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
 
-    x, y, ep, instructions = load_pairs(args.store, args.text)
-    table = instruction_features(instructions, args.text)
+    x, y, ep, instructions, table = load_pairs(args.store, args.text)
     val = ep % 20 == 0  # every 20th episode held out
     mu, sd = x[~val].mean(0), x[~val].std(0) + 1e-6
     xt = torch.tensor((x - mu) / sd, dtype=torch.float32)
