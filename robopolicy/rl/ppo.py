@@ -157,7 +157,8 @@ class PPO:
 
     def __init__(self, policy: GenerativePolicy, critic: ValueCritic, cfg: PPOConfig,
                  actor_param_groups: list[dict[str, Any]], evaluate_terms: EvaluateTerms,
-                 sample_kwargs: dict[str, Any] | None = None):
+                 sample_kwargs: dict[str, Any] | None = None,
+                 actor_regularizer: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None):
         cfg.validate()
         self.policy, self.critic, self.cfg = policy, critic, cfg
         self.actor_opt = torch.optim.Adam(actor_param_groups, lr=cfg.actor_lr, eps=1e-5)
@@ -165,6 +166,9 @@ class PPO:
         self.critic_opt = torch.optim.Adam(critic.parameters(), lr=cfg.critic_lr, eps=1e-5)
         self.evaluate_terms = evaluate_terms
         self.sample_kwargs = dict(sample_kwargs or {})  # e.g. {"min_std": ...} for a diffusion head
+        # An extra actor loss on a minibatch's observations (ReinFlow's W2 behaviour-cloning term), added
+        # as is: the method owns its coefficient.
+        self.actor_regularizer = actor_regularizer
         self.state = PPOState()
 
     # ------------------------------------------------------------------ rollout
@@ -237,6 +241,10 @@ class PPO:
                     if entropy is not None and cfg.logprob_per_dim:
                         ent = ent / float(np.prod(mb.chains.xs.shape[2:]))
                     loss = pg - cfg.ent_coef * ent + cfg.vf_coef * v_loss
+                    if self.actor_regularizer is not None:
+                        reg = self.actor_regularizer(mb.obs)
+                        loss = loss + reg
+                        stats["loss/actor_reg"] = float(reg.detach())
                     with torch.no_grad():
                         approx_kl = float(((ratio - 1) - log_ratio).mean().detach())
                         clipfrac = float(((ratio - 1).abs() > cfg.clip_eps).float().mean().detach())

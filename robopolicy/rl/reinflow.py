@@ -20,6 +20,7 @@ sample the stochastic chain again.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from torch import nn
 from robopolicy.nn.embeddings import SinusoidalEmbedding
 from robopolicy.policies.base import Chain
 from robopolicy.policies.flow import FlowPolicy
+from robopolicy.policies.obs_conditioning import batch_size_of
 from robopolicy.policies.registry import build_config
 from robopolicy.rl import common
 from robopolicy.rl.chain import gaussian_entropy
@@ -78,6 +80,10 @@ class ReinFlowConfig:
     decay_ratio: float = 0.7  # ... then annealed to min_std + decay_ratio * (max_std - min_std)
     noise_hidden: tuple[int, ...] = (64, 64)
     noise_lr: float = 1e-4
+    # ReinFlow's optional W2 behaviour-cloning term: bc_coef * mean ||a_theta(z) - a_start(z)||^2 over the
+    # minibatch's observations, both chunks from the same x_0 by the deterministic mean path, a_start from a
+    # frozen copy of the start checkpoint. It holds the fine-tuned policy near the imitation one. 0: off.
+    bc_coef: float = 0.0
     iterations: int = 200
     wall_budget_s: float | None = None  # stop after this much wall time (evaluation included)
     eval_every: int = 5  # iterations; 0: only before and after
@@ -100,6 +106,8 @@ class ReinFlowConfig:
             raise ValueError(f"need 0 < min_std <= max_std, got {self.min_std}, {self.max_std}")
         if not (0 <= self.hold_ratio <= 1 and 0 <= self.decay_ratio <= 1):
             raise ValueError("hold_ratio and decay_ratio must be in [0, 1]")
+        if self.bc_coef < 0:
+            raise ValueError(f"bc_coef must be >= 0 (0 turns the W2 term off), got {self.bc_coef}")
 
 
 def max_std_at(progress: float, cfg: ReinFlowConfig) -> float:
@@ -139,6 +147,20 @@ def evaluate_terms(policy: FlowPolicy) -> Any:
     return terms
 
 
+def w2_regularizer(policy: FlowPolicy, coef: float) -> Any:
+    """ReinFlow's W2 term as PPO's actor regulariser: coef * mean squared gap between `policy`'s mean-path chunk
+    and a frozen copy's (taken now, i.e. the start weights), both from the same fresh x_0."""
+    reference = copy.deepcopy(policy).requires_grad_(False)
+    reference.set_step_std(None)  # the reference is the plain imitation flow
+
+    def regularizer(obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        noise = torch.randn(policy.noise_shape(batch_size_of(obs)))
+        with torch.no_grad():
+            target = reference.sample_chain(obs, noise, stochastic=False).actions
+        return coef * (policy.sample_chain(obs, noise, stochastic=False).actions - target).pow(2).mean()
+    return regularizer
+
+
 def load_before_eval(path: Path, n_episodes: int) -> dict[str, Any]:
     """The start's evaluation from a JSON file: an earlier run's eval_before.json or `robopolicy eval`'s eval.json
     (whose figures sit under "summary"). It must cover `n_episodes`, the count the final evaluation uses."""
@@ -175,7 +197,7 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
     velocity_params = [p for n, p in policy.named_parameters() if not n.startswith("step_std.")]
     ppo = PPO(policy, critic, cfg.ppo, [{"params": velocity_params, "lr": cfg.ppo.actor_lr},
                                         {"params": list(noise_net.parameters()), "lr": cfg.noise_lr}],
-              evaluate_terms(policy))
+              evaluate_terms(policy), actor_regularizer=w2_regularizer(policy, cfg.bc_coef) if cfg.bc_coef > 0 else None)
     # The bar's total is the iteration budget's env steps (a wall budget may stop the run earlier).
     curves = common.LearningCurves(out_dir, desc="reinflow", total_env_steps=cfg.iterations * cfg.ppo.n_envs
                                    * cfg.ppo.n_steps * policy.spec.n_action_steps)
@@ -258,4 +280,4 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
     return summary
 
 
-__all__ = ["NoiseNet", "ReinFlowConfig", "attach_noise_net", "finetune", "max_std_at"]
+__all__ = ["NoiseNet", "ReinFlowConfig", "attach_noise_net", "finetune", "max_std_at", "w2_regularizer"]
