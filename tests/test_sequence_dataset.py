@@ -39,6 +39,8 @@ def test_windows_match_diffusion_policy_padding(tmp_path, t_o, t_p, t_a):
         for idx in _reference_windows(n, t_p, t_o, t_a):
             expected.append((ep, idx))
     assert len(ds) == len(expected)
+    present = [s + t_o - 1 for n in lengths for s in range(-(t_o - 1), n - t_p + (t_a - 1) + 1)]
+    np.testing.assert_array_equal(ds.window_steps(), present)  # the episode step each window sees as now
     for j in range(len(ds)):
         sample = ds[j]
         ep, idx = expected[j]
@@ -118,3 +120,27 @@ def test_bad_config_messages(tmp_path):
     empty = EpisodeStore.create(tmp_path / "e.zarr", fps=10)
     with pytest.raises(ValueError, match="no episodes"):
         SequenceDataset(empty, SequenceConfig())
+
+
+def test_start_window_pool_repeats_the_first_steps_and_the_sampler_draws_it(tmp_path):
+    from robopolicy.train.data import EpochSampler, start_window_pool
+
+    store = _store(tmp_path, lengths=(12, 9, 15))
+    ds = SequenceDataset(store, SequenceConfig(n_obs_steps=2, horizon=8, n_action_steps=4, val_ratio=0))
+    np.testing.assert_array_equal(start_window_pool(ds, 0, 5), np.arange(len(ds)))  # off
+    pool = start_window_pool(ds, start_steps=3, repeat=4)
+    counts = np.bincount(pool, minlength=len(ds))
+    early = ds.window_steps() < 3
+    assert early.sum() == 3 * 3  # steps 0, 1, 2 of each of the 3 episodes
+    assert (counts[early] == 4).all() and (counts[~early] == 1).all()
+    sampler = EpochSampler(len(ds), seed=7, pool=pool)
+    sampler.set_epoch(2)
+    order = list(sampler)
+    assert sorted(order) == sorted(pool.tolist()) and len(sampler) == len(pool)
+    again = EpochSampler(len(ds), seed=7, pool=pool)
+    again.set_epoch(2)
+    assert list(again) == order  # the order depends on (seed, epoch) alone
+    sampler.skip = (2, 5)
+    assert list(sampler) == order[5:]  # resuming mid-epoch drops the drawn prefix
+    with pytest.raises(ValueError, match="start_window_repeat"):
+        start_window_pool(ds, 3, 0)

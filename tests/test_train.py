@@ -276,3 +276,14 @@ def test_train_with_sim_eval_then_eval_cli_on_the_checkpoint(tmp_path):
     assert rc == 0
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert len(report["episodes"]) == 2
+
+
+def test_start_window_options_enlarge_the_epoch(store, tmp_path):
+    plain = Trainer(_task(store), "test_mlp", {}, _cfg(tmp_path / "a"))
+    weighted = Trainer(_task(store, start_window_steps=2, start_window_repeat=3), "test_mlp", {}, _cfg(tmp_path / "b"))
+    plain._setup()
+    weighted._setup()
+    n_episodes = int(plain.train_ds.episode_mask.sum())
+    assert len(weighted._sampler) == len(plain._sampler) + 2 * 2 * n_episodes
+    with pytest.raises(DataConfigError, match="start_window_repeat"):
+        Trainer(_task(store, start_window_steps=2, start_window_repeat=0), "test_mlp", {}, _cfg(tmp_path / "c"))

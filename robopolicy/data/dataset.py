@@ -111,6 +111,14 @@ class SequenceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def window_steps(self) -> np.ndarray:
+        """For every window, the episode step of its current (last) observation: 0 for a window that sees
+        the episode's first frame as its present."""
+        buf_start, sample_start = self.indices[:, 0], self.indices[:, 2]
+        episode = np.searchsorted(self.episode_ends, buf_start, side="right")
+        episode_start = np.concatenate([[0], self.episode_ends[:-1]])[episode]
+        return (buf_start - sample_start - episode_start + self.cfg.n_obs_steps - 1).astype(np.int64)
+
     # ---------------------------------------------------------------- reading
     def _read_images(self, key: str, start: int, stop: int) -> np.ndarray:
         if self._images is not None:

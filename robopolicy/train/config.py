@@ -29,6 +29,10 @@ class TaskConfig:
     env_kwargs: dict[str, Any] = field(default_factory=dict)  # what the env must produce (obs_mode, image_size)
     max_episode_steps: int | None = None  # cap during evaluation; None: the task's limit
     language: bool = False  # condition on the episode's instruction (obs["language"]; language-capable heads)
+    # Draw the windows whose present is one of an episode's first `start_window_steps` steps
+    # `start_window_repeat` times per epoch (1: off). For instructions that decide only the start of an episode.
+    start_window_steps: int = 0
+    start_window_repeat: int = 1
 
 
 @dataclass

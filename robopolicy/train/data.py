@@ -105,11 +105,13 @@ def make_datasets(task: TaskConfig, store: EpisodeStore) -> tuple[SequenceDatase
 class EpochSampler(Sampler[int]):
     """Shuffled indices whose order depends only on (seed, epoch): resumable and identical on every rank.
 
+    An epoch is a permutation of `pool` (default: every index once; an index listed twice is drawn twice).
     `skip = (epoch, n)` drops the first n indices of that epoch's order (resuming mid-epoch).
     """
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True):
-        self.n = n
+    def __init__(self, n: int, seed: int, shuffle: bool = True, pool: np.ndarray | None = None):
+        self.pool = np.arange(n) if pool is None else np.asarray(pool, dtype=np.int64)
+        self.n = len(self.pool)
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 0
@@ -122,20 +124,35 @@ class EpochSampler(Sampler[int]):
         return min(self.skip[1], self.n) if self.skip[0] == self.epoch else 0
 
     def __iter__(self) -> Iterator[int]:
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle \
-            else np.arange(self.n)
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.pool) if self.shuffle \
+            else self.pool
         return iter(order[self._start():].tolist())
 
     def __len__(self) -> int:
         return self.n - self._start()
 
 
+def start_window_pool(ds: SequenceDataset, start_steps: int, repeat: int) -> np.ndarray:
+    """Every window index once, plus `repeat - 1` more copies of the windows whose present is one of the first
+    `start_steps` steps of its episode. Why: in a multi-task scene the instruction decides what happens in the
+    first steps only (which block to go to); later windows can be predicted from the motion so far, so
+    without this the instruction carries little of the loss (docs/results.md, VLA section)."""
+    if start_steps < 0 or repeat < 1:
+        raise ValueError(f"need start_window_steps >= 0 and start_window_repeat >= 1, got {start_steps}, {repeat}")
+    every = np.arange(len(ds))
+    if start_steps == 0 or repeat == 1:
+        return every
+    early = np.flatnonzero(ds.window_steps() < start_steps)
+    return np.concatenate([every, np.tile(early, repeat - 1)])
+
+
 def make_loader(ds: SequenceDataset, batch_size: int, seed: int, num_workers: int, shuffle: bool,
-                drop_last: bool) -> DataLoader:
-    """DataLoader over `ds` with an EpochSampler (workers are seeded from `seed`, not from the global RNG)."""
+                drop_last: bool, pool: np.ndarray | None = None) -> DataLoader:
+    """DataLoader over `ds` with an EpochSampler (workers are seeded from `seed`, not from the global RNG);
+    `pool`: the indices an epoch draws (start_window_pool), default each window once."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
-        ds, batch_size=batch_size, sampler=EpochSampler(len(ds), seed, shuffle), num_workers=num_workers,
+        ds, batch_size=batch_size, sampler=EpochSampler(len(ds), seed, shuffle, pool), num_workers=num_workers,
         drop_last=drop_last, pin_memory=False, persistent_workers=False, generator=generator,
     )
 

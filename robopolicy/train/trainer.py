@@ -35,7 +35,14 @@ from robopolicy.policies.registry import (
 )
 from robopolicy.train import checkpoint as ckpt
 from robopolicy.train.config import TaskConfig, TrainerConfig
-from robopolicy.train.data import make_datasets, make_loader, open_store, spec_from_store
+from robopolicy.train.data import (
+    DataConfigError,
+    make_datasets,
+    make_loader,
+    open_store,
+    spec_from_store,
+    start_window_pool,
+)
 from robopolicy.train.ema import EMA
 from robopolicy.train.evaluation import normalize_batch, sim_evaluation, validation_loss
 from robopolicy.train.monitor import TrainMonitor
@@ -87,6 +94,9 @@ class Trainer:
         self.spec = spec_from_store(task, self.store)
         validate_policy_config(self.policy_cls, self.spec, self.policy_config)
         self._check_constructible()
+        if task.start_window_steps < 0 or task.start_window_repeat < 1:
+            raise DataConfigError(f"task.start_window_steps must be >= 0 and task.start_window_repeat >= 1, got "
+                                  f"{task.start_window_steps} and {task.start_window_repeat}")
         if cfg.eval_every and not task.env:
             raise ValueError("trainer.eval_every > 0 needs task.env (the sim task to evaluate on); set eval_every=0 "
                              "to train without sim evaluation")
@@ -149,8 +159,9 @@ class Trainer:
             self.optimizer = make_optimizer(self.policy, cfg)
             self.scheduler = make_lr_scheduler(self.optimizer, cfg)
         world = acc.num_processes
-        drop_last = len(self.train_ds) >= cfg.batch_size * world
-        self.train_loader = make_loader(self.train_ds, cfg.batch_size, cfg.seed, cfg.num_workers, True, drop_last)
+        pool = start_window_pool(self.train_ds, self.task.start_window_steps, self.task.start_window_repeat)
+        drop_last = len(pool) >= cfg.batch_size * world
+        self.train_loader = make_loader(self.train_ds, cfg.batch_size, cfg.seed, cfg.num_workers, True, drop_last, pool)
         self._loader_generator = self.train_loader.generator
         self._sampler = self.train_loader.sampler
         self.loss_module, self.optimizer, self.train_loader = acc.prepare(
