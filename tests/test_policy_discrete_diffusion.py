@@ -259,10 +259,11 @@ def test_trainer_fits_bins_and_the_checkpoint_acts_on_instructions(tmp_path):
 
     path = _language_store(tmp_path / "s.zarr")
     task = TaskConfig(store=str(path), obs_keys=["state"], n_obs_steps=2, horizon=4, n_action_steps=2,
-                      val_ratio=0.0, language=True)
-    cfg = TrainerConfig(steps=4, batch_size=8, warmup_steps=1, val_every=0, checkpoint_every=0, log_every=1,
+                      val_ratio=0.34, language=True)
+    cfg = TrainerConfig(steps=4, batch_size=8, warmup_steps=1, val_every=4, checkpoint_every=0, log_every=1,
                         out_dir=str(tmp_path / "run"), progress=False, num_threads=1)
-    train(task, "discrete_diffusion", {"d_model": 32, "n_heads": 4, "n_layers": 1, "n_bins": 16}, cfg)
+    result = train(task, "discrete_diffusion", {"d_model": 32, "n_heads": 4, "n_layers": 1, "n_bins": 16}, cfg)
+    assert np.isfinite(result.metrics["val/instruction_gap"])  # logged for language heads at validation
     agent = robopolicy.load(tmp_path / "run" / "last")
     bins = agent.policy.bins
     assert bool(bins.fitted) and bins.bins_per_dim() == [3, 1]  # atoms -1, +1 and [-1, 1]; a constant
@@ -271,6 +272,29 @@ def test_trainer_fits_bins_and_the_checkpoint_acts_on_instructions(tmp_path):
     # Decoded values are bin midpoints of the fitted bins, unnormalized: -0.8, 0.8 (atoms) or 0 ([-1, 1]).
     assert np.isclose(np.abs(out[:, :, 0])[..., None], [0.0, 0.8], atol=1e-5).any(-1).all(), out
     assert np.allclose(out[:, :, 1], 0.0, atol=1e-5)
+
+
+def test_instruction_gap_is_zero_for_a_head_that_ignores_the_words_and_not_otherwise():
+    from robopolicy.data.normalizer import IdentityNormalizer, NormalizerSet
+    from robopolicy.train.evaluation import instruction_gap
+
+    class Head(torch.nn.Module):
+        def __init__(self, listens: bool):
+            super().__init__()
+            self.listens = listens
+
+        def predict_chunk(self, obs, noise=None):
+            sign = torch.tensor([1.0 if "right" in t else -1.0 for t in obs["language"]]) if self.listens else 1.0
+            return torch.randn(len(obs["language"]), 4, 2) * 0.1 + 0.5 * torch.as_tensor(sign).reshape(-1, 1, 1)
+
+    texts = ["move to the right", "move to the left", "move to the right", "move to the left"]
+    loader = [{"obs": {"state": torch.zeros(4, 2, 2), "language": texts}, "action": torch.zeros(4, 4, 2)}]
+    norm = NormalizerSet({"state": IdentityNormalizer(), "action": IdentityNormalizer()})
+    args = (loader, norm, "action", torch.device("cpu"), 0, 0)
+    assert instruction_gap(Head(False), *args) == 0.0  # same noise, words ignored: identical chunks
+    assert abs(instruction_gap(Head(True), *args) - 1.0) < 1e-6  # +0.5 vs -0.5 everywhere
+    one = [{"obs": {"state": torch.zeros(2, 2, 2), "language": texts[:1] * 2}, "action": torch.zeros(2, 4, 2)}]
+    assert instruction_gap(Head(True), one, *args[1:]) is None  # nothing to swap with
 
 
 def test_continuous_baseline_reads_the_same_instruction_features():

@@ -1,4 +1,5 @@
-"""What the trainer measures besides the training loss: validation loss and sim success.
+"""What the trainer measures besides the training loss: validation loss, sim success, and for language heads
+how much the instruction changes the prediction.
 
 Both run inside `isolated_rng`, so they never move the training RNG stream: a run with frequent
 evaluations draws the same training noise as one without, and a resumed run reproduces the original.
@@ -62,6 +63,34 @@ def validation_loss(policy: Policy, loader: DataLoader, normalizer: NormalizerSe
             n += 1
     policy.train(was_training)
     return total / max(n, 1)
+
+
+@torch.no_grad()
+def instruction_gap(policy: Policy, loader: DataLoader, normalizer: NormalizerSet, action_key: str,
+                    device: torch.device, max_batches: int, seed: int) -> float | None:
+    """How far the instruction moves a language head's prediction: mean |chunk(own) - chunk(another)| in
+    normalized action units, each val row re-asked with the next distinct instruction of its batch and the
+    same noise. Near 0: the head ignores the words. None when no val batch holds two distinct instructions."""
+    was_training = policy.training
+    policy.eval()
+    total, n = 0.0, 0
+    for i, batch in enumerate(loader):
+        if max_batches and i >= max_batches:
+            break
+        obs = normalize_batch(_to_device(batch, device), normalizer, action_key)["obs"]
+        texts = [str(t) for t in obs["language"]]
+        distinct = sorted(set(texts))
+        if len(distinct) < 2:
+            continue
+        other = [distinct[(distinct.index(t) + 1) % len(distinct)] for t in texts]
+        with isolated_rng(seed + i):
+            own = policy.predict_chunk(obs)
+        with isolated_rng(seed + i):
+            swapped = policy.predict_chunk({**obs, "language": other})
+        total += float((own - swapped).abs().mean())
+        n += 1
+    policy.train(was_training)
+    return total / n if n else None
 
 
 def sim_evaluation(policy: Policy, normalizer: NormalizerSet, task: TaskConfig, cfg: TrainerConfig,

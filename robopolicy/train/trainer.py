@@ -44,7 +44,7 @@ from robopolicy.train.data import (
     start_window_pool,
 )
 from robopolicy.train.ema import EMA
-from robopolicy.train.evaluation import normalize_batch, sim_evaluation, validation_loss
+from robopolicy.train.evaluation import instruction_gap, normalize_batch, sim_evaluation, validation_loss
 from robopolicy.train.monitor import TrainMonitor
 from robopolicy.train.optim import make_lr_scheduler, make_optimizer
 from robopolicy.train.run_checkpoints import (
@@ -351,6 +351,11 @@ class Trainer:
             if self.is_main:
                 new["val/loss"] = validation_loss(self.eval_policy, self.val_loader, self.normalizer,
                                                   self.task.action_key, self.acc.device, cfg.val_batches, cfg.seed)
+                if self.task.language:  # does the head read the instruction at all? (docs/results.md, VLA)
+                    gap = instruction_gap(self.eval_policy, self.val_loader, self.normalizer, self.task.action_key,
+                                          self.acc.device, cfg.val_batches, cfg.seed)
+                    if gap is not None:
+                        new["val/instruction_gap"] = gap
         if cfg.eval_every and (step % cfg.eval_every == 0 or final) and self._in_final_stage:
             if self.is_main:
                 new.update(sim_evaluation(self.eval_policy, self.normalizer, self.task, cfg, self.acc.device,
