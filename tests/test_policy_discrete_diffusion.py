@@ -297,22 +297,6 @@ def test_instruction_gap_is_zero_for_a_head_that_ignores_the_words_and_not_other
     assert instruction_gap(Head(True), one, *args[1:]) is None  # nothing to swap with
 
 
-def test_continuous_baseline_fusion_mlp_mixes_state_and_instruction():
-    pytest.importorskip("wordllama")
-    spec = PolicySpec(obs_shapes={"state": (2,)}, action_dim=2, n_obs_steps=2, horizon=4, n_action_steps=2,
-                      language=True)
-    cfg = {"unet": {"down_dims": [32], "diffusion_step_embed_dim": 16}, "language_dim": 16, "fusion_hidden": 24}
-    p = make_policy("diffusion_language", spec, cfg)
-    assert p.obs_encoder.out_dim == 2 * 2 + 16 + 24  # state, pooled instruction, their fusion
-    obs = {"state": torch.randn(3, 2, 2), "language": ["go left", "go right", "stop"]}
-    cond = p.encode_obs(obs)
-    assert cond.shape == (3, 44)
-    p.compute_loss({"obs": obs, "action": torch.zeros(3, 4, 2)})["loss"].backward()
-    assert p.obs_encoder.fusion[0].weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="fusion_hidden"):
-        make_policy("diffusion_language", spec, {**cfg, "fusion_hidden": -1})
-
-
 def test_continuous_baseline_reads_the_same_instruction_features():
     pytest.importorskip("wordllama")
     from robopolicy.nn.unet1d import unet_preset

@@ -22,26 +22,13 @@ from robopolicy.policies.obs_conditioning import ObsConditioner, ObsEncoderConfi
 
 
 class LanguageObsConditioner(nn.Module):
-    """ObsConditioner features (B, T_o * F) concatenated with the pooled instruction (B, language_dim), and with
-    `fusion_hidden` > 0 also an MLP of both (B, fusion_hidden).
+    """ObsConditioner features (B, T_o * F) concatenated with the pooled instruction (B, language_dim)."""
 
-    Why the fusion MLP: the UNet's FiLM layers see the condition through one Mish + Linear each, i.e. a sum of a
-    state part and an instruction part. "Push the red block" needs a product of the two (pick the red block's
-    position out of the state); without a layer that mixes them the head learned to ignore the colour word
-    (docs/results.md, VLA section).
-    """
-
-    def __init__(self, spec: PolicySpec, obs_cfg: ObsEncoderConfig, lang_cfg: LanguageConfig, language_dim: int,
-                 fusion_hidden: int = 0):
+    def __init__(self, spec: PolicySpec, obs_cfg: ObsEncoderConfig, lang_cfg: LanguageConfig, language_dim: int):
         super().__init__()
-        if fusion_hidden < 0:
-            raise ValueError(f"fusion_hidden must be >= 0 (0: no fusion MLP), got {fusion_hidden}")
         self.obs = ObsConditioner(replace(spec, language=False), obs_cfg)
         self.instruction = PooledInstruction(lang_cfg, language_dim)
-        base = self.obs.out_dim + language_dim
-        self.fusion = (nn.Sequential(nn.Linear(base, fusion_hidden), nn.Mish(), nn.Linear(fusion_hidden, fusion_hidden),
-                                     nn.Mish()) if fusion_hidden else None)
-        self.out_dim = base + fusion_hidden
+        self.out_dim = self.obs.out_dim + language_dim
 
     def forward(self, obs: dict[str, Any]) -> torch.Tensor:
         texts = obs.get("language")
@@ -51,8 +38,7 @@ class LanguageObsConditioner(nn.Module):
         feats = self.obs(obs)
         if len(texts) != feats.shape[0]:
             raise ValueError(f"obs['language'] has {len(texts)} rows, the observations {feats.shape[0]}")
-        cond = torch.cat([feats, self.instruction(texts, feats.device)], -1)
-        return cond if self.fusion is None else torch.cat([cond, self.fusion(cond)], -1)
+        return torch.cat([feats, self.instruction(texts, feats.device)], -1)
 
 
 class LanguageDiffusionPolicy(DiffusionPolicy):
@@ -62,7 +48,6 @@ class LanguageDiffusionPolicy(DiffusionPolicy):
     class Config(DiffusionPolicy.Config):
         language: LanguageConfig = field(default_factory=LanguageConfig)
         language_dim: int = 64  # width of the pooled instruction vector in the condition
-        fusion_hidden: int = 0  # > 0: an MLP (2 layers this wide) mixes state and instruction into the condition
 
     def __init__(self, spec: PolicySpec, cfg: LanguageDiffusionPolicy.Config | None = None):
         cfg = cfg or LanguageDiffusionPolicy.Config()
@@ -72,5 +57,5 @@ class LanguageDiffusionPolicy(DiffusionPolicy):
         super().__init__(replace(spec, language=False), cfg)
         self.spec = spec
         # Replace the language-free encoder and the UNet built by DiffusionPolicy with wider-conditioned ones.
-        self.obs_encoder = LanguageObsConditioner(spec, cfg.obs, cfg.language, cfg.language_dim, cfg.fusion_hidden)
+        self.obs_encoder = LanguageObsConditioner(spec, cfg.obs, cfg.language, cfg.language_dim)
         self.model = ConditionalUnet1D(spec.action_dim, self.obs_encoder.out_dim, cfg.unet)
