@@ -48,6 +48,9 @@ class LanguageDiffusionPolicy(DiffusionPolicy):
     class Config(DiffusionPolicy.Config):
         language: LanguageConfig = field(default_factory=LanguageConfig)
         language_dim: int = 64  # width of the pooled instruction vector in the condition
+        # x0 prediction: with epsilon the head ignored the instruction (it matters at high noise, where the
+        # epsilon target hardly depends on the chunk); docs/results.md, discrete-diffusion VLA section.
+        prediction_type: str = "sample"
 
     def __init__(self, spec: PolicySpec, cfg: LanguageDiffusionPolicy.Config | None = None):
         cfg = cfg or LanguageDiffusionPolicy.Config()
