@@ -132,13 +132,19 @@ class EpochSampler(Sampler[int]):
         return self.n - self._start()
 
 
+def check_start_window(start_steps: int, repeat: int) -> None:
+    """task.start_window_steps >= 0 and task.start_window_repeat >= 1, or a DataConfigError naming both."""
+    if start_steps < 0 or repeat < 1:
+        raise DataConfigError(f"task.start_window_steps must be >= 0 and task.start_window_repeat >= 1, got "
+                              f"{start_steps} and {repeat}")
+
+
 def start_window_pool(ds: SequenceDataset, start_steps: int, repeat: int) -> np.ndarray:
     """Every window index once, plus `repeat - 1` more copies of the windows whose present is one of the first
     `start_steps` steps of its episode. For scenes where the instruction decides only the first steps (which
     block to go to) and later windows follow from the motion so far. Measured on the push-only language scene:
     it did not make an epsilon-prediction head read the instruction; x0 prediction did (docs/results.md, VLA)."""
-    if start_steps < 0 or repeat < 1:
-        raise ValueError(f"need start_window_steps >= 0 and start_window_repeat >= 1, got {start_steps}, {repeat}")
+    check_start_window(start_steps, repeat)
     every = np.arange(len(ds))
     if start_steps == 0 or repeat == 1:
         return every

@@ -36,7 +36,7 @@ from robopolicy.policies.registry import (
 from robopolicy.train import checkpoint as ckpt
 from robopolicy.train.config import TaskConfig, TrainerConfig
 from robopolicy.train.data import (
-    DataConfigError,
+    check_start_window,
     make_datasets,
     make_loader,
     open_store,
@@ -94,9 +94,7 @@ class Trainer:
         self.spec = spec_from_store(task, self.store)
         validate_policy_config(self.policy_cls, self.spec, self.policy_config)
         self._check_constructible()
-        if task.start_window_steps < 0 or task.start_window_repeat < 1:
-            raise DataConfigError(f"task.start_window_steps must be >= 0 and task.start_window_repeat >= 1, got "
-                                  f"{task.start_window_steps} and {task.start_window_repeat}")
+        check_start_window(task.start_window_steps, task.start_window_repeat)  # before any data is read
         if cfg.eval_every and not task.env:
             raise ValueError("trainer.eval_every > 0 needs task.env (the sim task to evaluate on); set eval_every=0 "
                              "to train without sim evaluation")
