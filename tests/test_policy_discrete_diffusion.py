@@ -212,6 +212,23 @@ def test_the_instruction_selects_the_mode():
         assert on_mode > 0.9, (text, on_mode)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_the_instruction_reaches_the_state_token_only_when_fused(fused):
+    pytest.importorskip("wordllama")
+    torch.manual_seed(0)
+    p = _policy(language=True, instruction_in_state=fused).eval()
+    state = torch.randn(3, 2, 2)
+    texts = [["go to the red block"] * 3, ["go to the blue block"] * 3]
+    with torch.no_grad():
+        prefixes = [p.encode_prefix({"state": state, "language": t})[0] for t in texts]
+    n_words = prefixes[0].shape[1] - 2  # the prefix is [instruction tokens | 2 state tokens]
+    state_tokens = [x[:, n_words:] for x in prefixes]
+    assert not torch.equal(prefixes[0][:, :n_words], prefixes[1][:, :n_words])  # the colour word differs
+    assert torch.equal(state_tokens[0], state_tokens[1]) is not fused
+    with pytest.raises(ValueError, match="obs\\['language'\\] has 2 rows"):
+        p.encode_prefix({"state": state, "language": texts[0][:2]})
+
+
 # ---------------------------------------------------------------------------------------------- plumbing
 def _language_store(path, n_episodes: int = 6, length: int = 12, language: bool = True):
     import numpy as np

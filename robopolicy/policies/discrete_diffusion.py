@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robopolicy.data.schema import key_kind
-from robopolicy.nn.text_encoder import InstructionTokens, LanguageConfig
+from robopolicy.nn.text_encoder import InstructionTokens, LanguageConfig, PooledInstruction
 from robopolicy.nn.vision import ImageEncoder, ImageEncoderConfig
 from robopolicy.policies.base import Policy, PolicySpec
 from robopolicy.policies.masked_decoding import ORDERS, DecodeSettings, DecodeTrace, masked_decode, num_rounds
@@ -48,6 +48,11 @@ class DiscreteDiffusionPolicy(Policy):
         n_heads: int = 4
         ff_mult: int = 4
         dropout: float = 0.0
+        # Feed the instruction (pooled by a learned query) into the state token's MLP too, so state and words
+        # mix before attention. The first moves depend on a product of the two (which block x where it is);
+        # with the words only as prefix tokens the head did not learn it (docs/results.md, push-only scene).
+        # On in the configs/policy presets; False here so checkpoints saved before the option load unchanged.
+        instruction_in_state: bool = False
         image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)  # one encoder per camera
         language: LanguageConfig = field(default_factory=LanguageConfig)
         # Inference settings (change after training with set_inference):
@@ -89,7 +94,10 @@ class DiscreteDiffusionPolicy(Policy):
             self.image_encoders[_mangle(k)].check_image_size(*spec.obs_shapes[k][1:])
         self.image_proj = nn.Linear(cfg.image.feature_dim, d) if self.image_keys else None
         state_dim = sum(int(spec.obs_shapes[k][0]) for k in self.lowdim_keys)
-        self.state_proj = nn.Sequential(nn.Linear(state_dim, d), nn.GELU(), nn.Linear(d, d)) if state_dim else None
+        fuse = bool(state_dim and spec.language and cfg.instruction_in_state)
+        self.state_instruction = PooledInstruction(cfg.language, d) if fuse else None
+        state_in = state_dim + (d if fuse else 0)
+        self.state_proj = nn.Sequential(nn.Linear(state_in, d), nn.GELU(), nn.Linear(d, d)) if state_dim else None
         n_types = len(self.image_keys) + (1 if state_dim else 0)
         self.obs_pos = nn.Parameter(torch.zeros(spec.n_obs_steps * max(n_types, 1), d))
         self.language = InstructionTokens(cfg.language, d) if spec.language else None
@@ -142,8 +150,11 @@ class DiscreteDiffusionPolicy(Policy):
         missing = [k for k in [*self.image_keys, *self.lowdim_keys] if k not in obs]
         if missing:
             raise KeyError(f"observation is missing keys {missing} (got {sorted(obs)})")
-        frames = []  # per frame: (B, n_types, d)
-        per_type = []
+        texts = self._instructions(obs)
+        keys = [*self.image_keys, *self.lowdim_keys]
+        if texts is not None and keys and len(texts) != len(obs[keys[0]]):
+            raise ValueError(f"obs['language'] has {len(texts)} rows, the observations {len(obs[keys[0]])}")
+        per_type = []  # per observation type: (B, T_o, d)
         for k in self.image_keys:
             x = obs[k]
             if x.ndim != 5 or x.shape[1] < t_o:
@@ -158,27 +169,32 @@ class DiscreteDiffusionPolicy(Policy):
                 if x.ndim != 3 or x.shape[1] < t_o:
                     raise ValueError(f"'{k}' must be (B, T>={t_o}, D), got {tuple(x.shape)}")
                 parts.append(x[:, :t_o].float())
+            if self.state_instruction is not None:
+                parts.append(self.state_instruction(texts, self.act_pos.device)[:, None].expand(-1, t_o, -1))
             per_type.append(self.state_proj(torch.cat(parts, -1)))
+        tokens, valid = [], []
         if per_type:
             frames = torch.stack(per_type, 2).flatten(1, 2)  # (B, T_o * n_types, d), frame-major
             obs_tok = frames + self.obs_pos[: frames.shape[1]] + self.segment[1]
-            b, device = obs_tok.shape[0], obs_tok.device
-            tokens, valid = [obs_tok], [torch.ones(b, obs_tok.shape[1], dtype=torch.bool, device=device)]
-        else:
-            tokens, valid = [], []
-        if self.language is not None:
-            texts = obs.get("language")
-            if texts is None:
-                raise KeyError("this policy is language-conditioned: obs['language'] (list of str, one per row) "
-                               "is missing; train/evaluate with task.language=true")
-            if isinstance(texts, str):
-                raise TypeError("obs['language'] must be a list of str (one per batch row), not a str")
-            if per_type and len(texts) != frames.shape[0]:
-                raise ValueError(f"obs['language'] has {len(texts)} rows, the observations {frames.shape[0]}")
+            tokens.append(obs_tok)
+            valid.append(torch.ones(obs_tok.shape[:2], dtype=torch.bool, device=obs_tok.device))
+        if texts is not None:
             lang, lmask = self.language(texts, self.act_pos.device)
             tokens.insert(0, lang + self.segment[0])
             valid.insert(0, lmask)
         return torch.cat(tokens, 1), torch.cat(valid, 1)
+
+    def _instructions(self, obs: dict[str, Any]) -> list[str] | None:
+        """obs['language'], checked (None for a head without language)."""
+        if self.language is None:
+            return None
+        texts = obs.get("language")
+        if texts is None:
+            raise KeyError("this policy is language-conditioned: obs['language'] (list of str, one per row) "
+                           "is missing; train/evaluate with task.language=true")
+        if isinstance(texts, str):
+            raise TypeError("obs['language'] must be a list of str (one per batch row), not a str")
+        return list(texts)
 
     def token_logits(self, prefix: torch.Tensor, pvalid: torch.Tensor, tokens: torch.Tensor,
                      masked: torch.Tensor) -> torch.Tensor:
