@@ -147,11 +147,11 @@ class DiscreteDiffusionPolicy(Policy):
     def encode_prefix(self, obs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Language + observation tokens (B, P, d) and their key-padding validity (B, P)."""
         t_o = self.spec.n_obs_steps
-        missing = [k for k in [*self.image_keys, *self.lowdim_keys] if k not in obs]
+        keys = [*self.image_keys, *self.lowdim_keys]
+        missing = [k for k in keys if k not in obs]
         if missing:
             raise KeyError(f"observation is missing keys {missing} (got {sorted(obs)})")
         texts = self._instructions(obs)
-        keys = [*self.image_keys, *self.lowdim_keys]
         if texts is not None and keys and len(texts) != len(obs[keys[0]]):
             raise ValueError(f"obs['language'] has {len(texts)} rows, the observations {len(obs[keys[0]])}")
         per_type = []  # per observation type: (B, T_o, d)
