@@ -50,7 +50,8 @@ class DiscreteDiffusionPolicy(Policy):
         dropout: float = 0.0
         # Feed the instruction (pooled by a learned query) into the state token's MLP too, so state and words
         # mix before attention. The first moves depend on a product of the two (which block x where it is);
-        # with the words only as prefix tokens the head did not learn it (docs/results.md, push-only scene).
+        # with the words only as prefix tokens the head did not learn it. It does with this option plus the
+        # task's first-window draws (task.start_window_steps/_repeat), not with either alone (docs/results.md).
         # On in the configs/policy presets; False here so checkpoints saved before the option load unchanged.
         instruction_in_state: bool = False
         image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)  # one encoder per camera

@@ -143,7 +143,8 @@ def start_window_pool(ds: SequenceDataset, start_steps: int, repeat: int) -> np.
     """Every window index once, plus `repeat - 1` more copies of the windows whose present is one of the first
     `start_steps` steps of its episode. For scenes where the instruction decides only the first steps (which
     block to go to) and later windows follow from the motion so far. Measured on the push-only language scene:
-    it did not make an epsilon-prediction head read the instruction; x0 prediction did (docs/results.md, VLA)."""
+    with the discrete head's `instruction_in_state` it makes that head read the instruction (neither does
+    alone); it did not help an epsilon-prediction continuous head, x0 prediction did (docs/results.md, VLA)."""
     check_start_window(start_steps, repeat)
     every = np.arange(len(ds))
     if start_steps == 0 or repeat == 1:
