@@ -152,7 +152,10 @@ class FastRenderer:
 
 
 class RobosuiteEnv(gym.Env):
-    """A robosuite manipulation task with dict observations, 7-D OSC actions and seeded resets."""
+    """A robosuite manipulation task with dict observations, 7-D OSC actions and seeded resets.
+
+    The reward is robosuite's sparse one (1 on success) unless `reward_shaping`, which gives its staged dense reward
+    (reaching, grasping, lifting; still at most 1) for RL fine-tuning: `+task.env_kwargs.reward_shaping=true`."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_FREQ}
 
@@ -169,6 +172,7 @@ class RobosuiteEnv(gym.Env):
         cameras: tuple[str, ...] | list[str] | None = None,
         state_mode: str = "full",
         model_seed: int = 0,
+        reward_shaping: bool = False,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"unknown robosuite task '{task}'; choose one of {sorted(TASKS)}")
@@ -190,6 +194,7 @@ class RobosuiteEnv(gym.Env):
         self.render_mode = render_mode
         self.max_episode_steps = int(max_episode_steps or self.task.max_episode_steps)
         self.terminate_on_success = terminate_on_success
+        self.reward_shaping = bool(reward_shaping)
 
         controller = load_composite_controller_config(robot="Panda")  # BASIC composite, OSC_POSE arm
         # hard_reset=False keeps one MjModel for the env's lifetime (faster resets, and our renderer's
@@ -203,7 +208,7 @@ class RobosuiteEnv(gym.Env):
                 has_offscreen_renderer=False,
                 use_camera_obs=False,
                 use_object_obs=True,
-                reward_shaping=False,
+                reward_shaping=self.reward_shaping,
                 control_freq=CONTROL_FREQ,
                 horizon=10**9,
                 ignore_done=True,
@@ -323,7 +328,8 @@ class RobosuiteEnv(gym.Env):
 
     @property
     def reward_bounds(self) -> tuple[float, float]:
-        """Per-step reward range: robosuite's sparse reward (no shaping), scaled to 1 on success."""
+        """Per-step reward range. robosuite scales both its sparse reward (1 on success) and its shaped one
+        (reach + grasp + lift stages, `reward_shaping=True`) so that the maximum is 1."""
         return (0.0, 1.0)
 
     def render(self) -> np.ndarray | None:

@@ -202,3 +202,24 @@ def test_pick_place_experts_succeed(task):
     results = [_run_expert(env, expert, seed) for seed in (0, 1, 2)]
     assert sum(ok for ok, _ in results) >= 2, results
     env.close()
+
+
+def test_shaped_reward_rises_as_the_expert_reaches_while_the_sparse_one_stays_zero():
+    shaped = make_env("robosuite_lift", obs_mode="state", reward_shaping=True)
+    sparse = make_env("robosuite_lift", obs_mode="state")
+    assert shaped.reward_bounds == (0.0, 1.0)
+    expert = make_expert("robosuite_lift", shaped)
+    rewards: list[tuple[float, float]] = []
+    obs, info = shaped.reset(seed=3)
+    sparse.reset(seed=3)
+    expert.reset(3)
+    for _ in range(12):  # the approach: the gripper nears the cube, nothing is lifted yet
+        action = expert.act(obs, info)
+        obs, r_shaped, _, _, info = shaped.step(action)
+        _, r_sparse, _, _, _ = sparse.step(action)
+        rewards.append((r_shaped, r_sparse))
+    shaped.close()
+    sparse.close()
+    assert all(r_sparse == 0.0 for _, r_sparse in rewards)
+    assert all(0.0 < r <= 1.0 for r, _ in rewards)
+    assert rewards[-1][0] > rewards[0][0]  # closer to the cube pays more
