@@ -312,22 +312,35 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
     envs = common.make_chunk_envs(task, policy.spec, cfg.n_envs, cfg.context, cfg.in_process)
     try:
         for it in range(cfg.offline_iterations):
+            # The offline stage runs for minutes between bar moves: name the phase it is in.
+            def phase(name: str, it: int = it) -> None:
+                curves.advance(envs.total_env_steps, stage=f"offline {it + 1}/{cfg.offline_iterations}: {name}")
+
+            phase(f"collecting {cfg.episodes_per_iteration} episodes")
             roll = collect_episodes(policy, envs, batcher, cfg.episodes_per_iteration, seed + 1000 * it, kwargs, data,
                                     successes)
             env_steps = envs.total_env_steps
+            phase(f"imitation re-training, {cfg.il_steps} steps")
             il_logs = retrain_imitation(policy, successes, demos, cfg.il_steps, cfg.il_lr, cfg.il_batch_size,
                                         cfg.il_demo_fraction, cfg.il_ema)
             if critics is None:
                 obs0, act0 = data.obs[0], data.actions[0]
                 critics = IQLCritics(flat_obs(obs0).shape[-1], act0.shape[-1], cfg.iql)
+            phase(f"fitting critics, {cfg.critic_steps} steps")
             crit_logs = fit_critics(critics, data, cfg.critic_steps, cfg.batch_size)
+            phase(f"gated PPO, {cfg.offline_steps} steps")
             gate = offline_improve(policy, critics, data, cfg, kwargs)
+            phase("evaluating")
             ev = evaluate()
             stages[f"offline_{it + 1}"] = {**ev, **gate, **crit_logs, **il_logs, "rollout": roll}
             curves.log(it + 1, {"env_steps": env_steps, "wall_s": time.perf_counter() - t0,
                                 "rollout/success_rate": roll.get("success_rate", float("nan")),
                                 "eval/success_rate": ev["success_rate"], "offline/accepted": gate["accepted"],
                                 "offline/gate_best": gate["gate_best"], **crit_logs, **il_logs})
+            curves.message(f"[rl100] offline it {it + 1} env_steps {env_steps} rollout_success "
+                           f"{roll.get('success_rate', float('nan')):.2f} eval {ev['success_rate']:.2f} "
+                           f"accepted {gate['accepted']}")
+        curves.advance(envs.total_env_steps, stage="online" if cfg.online_iterations > 0 else "done")
         save("offline", stage="offline")
         if cfg.online_iterations > 0:
             critic = ValueCritic(policy, cfg.ppo.critic_hidden)
