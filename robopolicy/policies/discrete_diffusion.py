@@ -53,6 +53,7 @@ class DiscreteDiffusionPolicy(Policy):
         # with the words only as prefix tokens the head did not learn it. It does with this option plus the
         # task's first-window draws (task.start_window_steps/_repeat), not with either alone (docs/results.md).
         # On in the configs/policy presets; False here so checkpoints saved before the option load unchanged.
+        # It needs a low-dim state key: a head without one has no state token and ignores the option.
         instruction_in_state: bool = False
         image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)  # one encoder per camera
         language: LanguageConfig = field(default_factory=LanguageConfig)
