@@ -129,6 +129,39 @@ class _NoReward(Bandit):
         return obs, 0.0, term, trunc, {"success": False}
 
 
+class _QuickSuccess(Bandit):
+    """Half the episodes succeed after 1 step; the rest time out after 6 (as PushT's failures run to 300)."""
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        self.wins = bool(self.np_random.random() < 0.5)
+        return obs, info
+
+    def step(self, action):
+        self.t += 1
+        return {"state": np.zeros(2, np.float32)}, 0.0, self.wins, self.t >= 6, {"success": self.wins}
+
+
+def test_recent_rollout_success_is_not_fooled_by_quick_successes_after_a_reset():
+    from robopolicy.rl.rollout import ChunkVectorEnv
+
+    envs = ChunkVectorEnv(lambda: ChunkEnv(_QuickSuccess(), 1, 1, 6), 64, in_process=True, recent_episodes=400)
+    envs.reset(0)
+    per_step = []
+    for step in range(60):
+        envs.step(np.zeros((64, 1, 2), np.float32))
+        per_step.append(envs.pop_stats().summary().get("success_rate"))
+        if step < 5:  # some env is still in its first episode: no windowed rate yet
+            assert envs.recent_success_rate is None
+        if step == 5:  # every first episode is in; the quick envs' repeat successes are not
+            assert abs(envs.recent_success_rate - 0.5) < 0.15
+    # the per-iteration rate right after the reset counts only the quick successes
+    assert per_step[0] == 1.0
+    assert abs(envs.recent_success_rate - 0.5) < 0.1
+    envs.reset(1)  # a reset starts a new window
+    assert envs.recent_success_rate is None
+
+
 def test_a_rollout_without_reward_does_not_move_the_actor():
     """Sparse-reward pitfall: a batch with no reward is critic noise; the actor must not train on it."""
     from robopolicy.rl.ppo import PPOHooks

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 # What the progress bar shows of a logged row, under a short name.
-BAR_KEYS = {"eval/success_rate": "eval", "rollout/success_rate": "rollout", "loss/target_mean": "Q target"}
+# A PPO row carries both rollout rates; the windowed one (rollout.py: recent_success_rate) is listed last so it wins.
+BAR_KEYS = {"eval/success_rate": "eval", "rollout/success_rate": "rollout", "rollout/success_recent": "rollout",
+            "loss/target_mean": "Q target"}
 
 
 class LearningCurves:
@@ -88,9 +90,14 @@ class LearningCurves:
 
 
 def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "",
-                keys: tuple[str, ...] = ("eval/success_rate", "rollout/success_rate")) -> Path:
-    """Two panels (x = env steps, x = wall minutes) with one line per key present in `rows`."""
+                keys: tuple[str, ...] | None = None) -> Path:
+    """Two panels (x = env steps, x = wall minutes) with one line per key present in `rows`; by default eval
+    success and the rollout success over recent episodes (the per-iteration rate where a run has no window)."""
     import matplotlib
+
+    if keys is None:
+        windowed = any("rollout/success_recent" in r for r in rows)
+        keys = ("eval/success_rate", "rollout/success_recent" if windowed else "rollout/success_rate")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

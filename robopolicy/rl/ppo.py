@@ -312,6 +312,8 @@ class PPO:
             t1 = time.perf_counter()
             row.update(roll)
             row.update({f"rollout/{k}": v for k, v in envs.pop_stats().summary().items()})
+            if (recent := getattr(envs, "recent_success_rate", None)) is not None:
+                row["rollout/success_recent"] = recent
             rewardless = self.cfg.skip_rewardless_updates and not roll["rollout/any_reward"]
             train_actor = it >= self.cfg.critic_warmup_iters and not rewardless
             if train_actor:

@@ -254,7 +254,7 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
     def log(it: int, row: dict[str, Any]) -> None:
         curves.log(it, row)
         curves.message(f"[reinflow] it {it} env_steps {row['env_steps']} wall {row['wall_s']:.0f}s "
-                       f"rollout_success {row.get('rollout/success_rate', float('nan')):.2f} "
+                       f"rollout_recent {row.get('rollout/success_recent', float('nan')):.2f} "
                        f"eval {row.get('eval/success_rate', '-')} kl {row.get('ppo/approx_kl', float('nan')):.4f} "
                        f"clipfrac {row.get('ppo/clipfrac', float('nan')):.2f}")
 

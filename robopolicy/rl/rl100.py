@@ -368,7 +368,7 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
                 row = {**row, "wall_s": time.perf_counter() - t0}
                 curves.log(cfg.offline_iterations + it, row)
                 curves.message(f"[rl100] online it {it} env_steps {row['env_steps']} wall {row['wall_s']:.0f}s "
-                               f"rollout_success {row.get('rollout/success_rate', float('nan')):.2f} "
+                               f"rollout_recent {row.get('rollout/success_recent', float('nan')):.2f} "
                                f"eval {row.get('eval/success_rate', '-')} kl {row.get('ppo/approx_kl', float('nan')):.4f}")
 
             curves.start_wall_budget(cfg.online_wall_budget_s)

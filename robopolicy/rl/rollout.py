@@ -132,6 +132,8 @@ class EpisodeStats:
     errors: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, float]:
+        """Rates over the episodes that finished in this window. Early in a run these over-count quick
+        successes (only short episodes can have finished yet): see `ChunkVectorEnv.recent_success_rate`."""
         if not self.success:
             return {}
         return {"episodes": float(len(self.success)), "success_rate": float(np.mean(self.success)),
@@ -145,8 +147,10 @@ class ChunkVectorEnv:
     into `stats`; `env_steps` counts the low-level steps actually taken (episodes may end mid-chunk).
     """
 
-    def __init__(self, fn: Callable[[], gym.Env], n_envs: int, context: str = "spawn", in_process: bool = False):
-        """`fn` builds one ChunkEnv (a picklable ChunkEnvFn for worker processes)."""
+    def __init__(self, fn: Callable[[], gym.Env], n_envs: int, context: str = "spawn", in_process: bool = False,
+                 recent_episodes: int = 64):
+        """`fn` builds one ChunkEnv (a picklable ChunkEnvFn for worker processes); `recent_episodes` is the
+        window of `recent_success_rate`."""
         if n_envs < 1:
             raise ValueError(f"n_envs must be >= 1, got {n_envs}")
         self.n_envs = int(n_envs)
@@ -159,6 +163,20 @@ class ChunkVectorEnv:
         self.total_env_steps = 0
         # Per env, whether an episode ended in success on the last step (RL-100 keeps those episodes' chunks).
         self.last_success = np.zeros(self.n_envs, dtype=bool)
+        self._recent: deque[bool] = deque(maxlen=int(recent_episodes))
+        self._in_first = np.ones(self.n_envs, dtype=bool)  # env i has not finished an episode since the reset
+
+    @property
+    def recent_success_rate(self) -> float | None:
+        """Success over the last `recent_episodes` finished episodes, or None while the run warms up.
+
+        A per-iteration rate is biased: after a reset only quick episodes (mostly successes) can finish in the
+        first iterations, and with synchronised time-outs an iteration holds either a few successes or a wave of
+        failures (PushT: 1-30 episodes per iteration). Here each env's first episode always counts, later
+        episodes count once every env has finished its first, so the window starts from an unbiased sample."""
+        if self._in_first.any() or not self._recent:
+            return None
+        return float(np.mean(self._recent))
 
     @property
     def chunk_space(self) -> gym.spaces.Box:
@@ -167,6 +185,8 @@ class ChunkVectorEnv:
     def reset(self, seed: int) -> dict[str, np.ndarray]:
         """Reset every env; env i gets seed `seed + i` and then continues its own RNG across episodes."""
         obs, _ = self.envs.reset(seed=[int(seed) + i for i in range(self.n_envs)])
+        self._recent.clear()
+        self._in_first[:] = True
         return obs
 
     def step(self, chunks: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, int]:
@@ -180,6 +200,9 @@ class ChunkVectorEnv:
             for i in np.flatnonzero(mask):
                 self.stats.success.append(bool(info["episode_success"][i]))
                 self.last_success[i] = bool(info["episode_success"][i])
+                if self._in_first[i] or not self._in_first.any():
+                    self._recent.append(bool(info["episode_success"][i]))
+                self._in_first[i] = False
                 self.stats.returns.append(float(info["episode_return"][i]))
                 self.stats.lengths.append(int(info["episode_length"][i]))
                 if info["episode_error"][i]:
