@@ -26,3 +26,21 @@ def test_same_noise_seed_pairs_the_episodes_and_a_new_one_redraws(monkeypatch):
     assert a["successes"] != c["successes"]  # another noise stream: other modes picked
     assert 0.2 < a["success_rate"] < 0.8  # both modes are sampled
     assert a["length_mean"] == 4.0
+
+
+def test_a_steered_policy_is_evaluated_with_its_actor_mean_as_deployed(monkeypatch):
+    """DSRL's in-run evaluations pick its best/ checkpoint: they must run the policy that `robopolicy eval` and the
+    daemon run (the actor's mean noise), not samples of the actor, so the noise stream changes nothing."""
+    import dataclasses
+
+    from robopolicy.policies.steered import SteeredPolicy
+
+    monkeypatch.setitem(registry._TASKS, "toy_bandit",
+                        registry.TaskSpec("toy_bandit", lambda **_: Bandit(), None, 4, 10.0))
+    base = pretrained_bimodal_flow(steps=200)
+    steered = SteeredPolicy(base.spec, SteeredPolicy.Config(base_name="flow", base_config=dataclasses.asdict(base.cfg)),
+                            base=base)
+    norm = NormalizerSet({"state": IdentityNormalizer(), "action": IdentityNormalizer()})
+    a = success_in_process(steered, norm, TASK, seed=100, n_episodes=48, noise_seed=0)
+    b = success_in_process(steered, norm, TASK, seed=100, n_episodes=48, noise_seed=1)
+    assert a["successes"] == b["successes"]

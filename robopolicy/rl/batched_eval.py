@@ -3,7 +3,9 @@
 The eval runner (robopolicy/eval) calls the policy per worker and per episode; on a 2-core CPU, stepping all
 episodes in one in-process vector env with one batched policy call per chunk is ~3x cheaper. DSRL's in-run
 evaluations, the GPC weight search and scripts/noise_headroom.py use it. Its noise comes from a seeded
-generator, so two policies evaluated with the same seeds see the same initial noises (paired comparisons).
+generator, so two policies evaluated with the same seeds see the same initial noises (paired comparisons). A policy
+that is not a GenerativePolicy (DSRL's steered head) gets no noise and acts as `robopolicy eval` and deployment run
+it: the steered head with its actor's mean noise.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from robopolicy.policies.base import GenerativePolicy
 from robopolicy.rl import common
 
 
@@ -29,6 +32,8 @@ def success_in_process(policy: Any, normalizer: Any, task: dict, seed: int, n_ep
         raw = envs.reset(seed)
         while not done.all():
             noise = torch.randn(n_episodes, policy.spec.horizon, policy.spec.action_dim, generator=gen)
+            if not isinstance(policy, GenerativePolicy):  # as PolicyAgent does: a DSRL-steered policy acts with
+                noise = None                              # its actor's mean, as deployed, not a sample of it
             with torch.no_grad():
                 chunk = policy.predict_chunk(batcher.obs(raw), noise)
             raw, _, _, _, info = envs.envs.step(batcher.executed_actions(chunk))
