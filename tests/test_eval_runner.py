@@ -304,6 +304,18 @@ def test_eval_cli(tmp_path, capsys):
     # A training task config name instead of a sim task: the error says which sim task to use.
     assert main(["task=pusht_keypoints", "episodes=1", "progress=false"]) == 2
     assert "use task=pusht" in capsys.readouterr().err
+    # num_threads sets torch's pool for the run; a bad value is refused before anything runs.
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        assert main([f"task={TASK}", "episodes=1", "workers=1", "num_threads=1", "progress=false",
+                     f"out={tmp_path / 'one_thread'}"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert main([f"task={TASK}", "num_threads=0", "progress=false"]) == 2
+    assert "num_threads must be >= 1" in capsys.readouterr().err
 
 
 def test_video_from_render_when_obs_has_no_camera(tmp_path):

@@ -34,6 +34,8 @@ eval.json, rollouts.mp4 (a few successes and failures) and summary.png into `out
   videos=2            episodes per outcome in the video (0: no video)
   out=DIR             report directory (default results/eval/<task>_<agent>_<time>)
   context=spawn       worker start method (spawn | forkserver)
+  num_threads=N       torch threads for the policy (default: torch's, one per core); 1 when other jobs
+                      share the cores, where spinning thread pools slow every job down several times
   progress=true       progress bar
 
 Defaults live in configs/eval.yaml. Example:
@@ -115,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyError, ImportError) as e:
         print(f"error: {e.args[0] if e.args else e}{_task_config_hint(cfg.task)}", file=sys.stderr)
         return 2
+    if cfg.num_threads is not None:
+        if int(cfg.num_threads) < 1:
+            print(f"error: num_threads must be >= 1, got {cfg.num_threads}", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(int(cfg.num_threads))
     try:
         agent = _build_agent(cfg)
     except SystemExit as e:
