@@ -314,8 +314,9 @@ def test_eval_cli(tmp_path, capsys):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
-    assert main([f"task={TASK}", "num_threads=0", "progress=false"]) == 2
-    assert "num_threads must be >= 1" in capsys.readouterr().err
+    for bad in ("0", "two"):
+        assert main([f"task={TASK}", f"num_threads={bad}", "progress=false"]) == 2
+        assert "num_threads must be an integer >= 1" in capsys.readouterr().err
 
 
 def test_video_from_render_when_obs_has_no_camera(tmp_path):

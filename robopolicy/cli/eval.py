@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e.args[0] if e.args else e}{_task_config_hint(cfg.task)}", file=sys.stderr)
         return 2
     if cfg.num_threads is not None:
-        if int(cfg.num_threads) < 1:
-            print(f"error: num_threads must be >= 1, got {cfg.num_threads}", file=sys.stderr)
+        if not str(cfg.num_threads).isdigit() or int(cfg.num_threads) < 1:
+            print(f"error: num_threads must be an integer >= 1, got {cfg.num_threads!r}", file=sys.stderr)
             return 2
         import torch
 
