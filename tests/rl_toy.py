@@ -37,6 +37,23 @@ class Bandit(gym.Env):
         return {"state": np.zeros(2, np.float32)}, float(good) / 4, False, self.t >= 4, {"success": good}
 
 
+class QuickSuccess(Bandit):
+    """Half the episodes succeed after 1 step; the rest time out after `fail_after` (as PushT's failures run
+    to 300): right after a reset only successes can have finished."""
+
+    def __init__(self, fail_after: int = 6):
+        self.fail_after = fail_after
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        self.wins = bool(self.np_random.random() < 0.5)
+        return obs, info
+
+    def step(self, action):
+        self.t += 1
+        return {"state": np.zeros(2, np.float32)}, 0.0, self.wins, self.t >= self.fail_after, {"success": self.wins}
+
+
 def bandit_env() -> ChunkEnv:
     return ChunkEnv(Bandit(), SPEC.n_obs_steps, SPEC.n_action_steps, 4)
 

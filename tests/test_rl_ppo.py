@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from rl_toy import SPEC, Bandit, IdentityBatcher, bandit_envs, pretrained_bimodal_flow
+from rl_toy import SPEC, Bandit, IdentityBatcher, QuickSuccess, bandit_envs, pretrained_bimodal_flow
 
 from robopolicy.policies.base import Chain
 from robopolicy.rl.ppo import PPO, PPOConfig, ValueCritic, compute_gae
@@ -129,23 +129,10 @@ class _NoReward(Bandit):
         return obs, 0.0, term, trunc, {"success": False}
 
 
-class _QuickSuccess(Bandit):
-    """Half the episodes succeed after 1 step; the rest time out after 6 (as PushT's failures run to 300)."""
-
-    def reset(self, *, seed=None, options=None):
-        obs, info = super().reset(seed=seed, options=options)
-        self.wins = bool(self.np_random.random() < 0.5)
-        return obs, info
-
-    def step(self, action):
-        self.t += 1
-        return {"state": np.zeros(2, np.float32)}, 0.0, self.wins, self.t >= 6, {"success": self.wins}
-
-
 def test_recent_rollout_success_is_not_fooled_by_quick_successes_after_a_reset():
     from robopolicy.rl.rollout import ChunkVectorEnv
 
-    envs = ChunkVectorEnv(lambda: ChunkEnv(_QuickSuccess(), 1, 1, 6), 64, in_process=True, recent_episodes=400)
+    envs = ChunkVectorEnv(lambda: ChunkEnv(QuickSuccess(), 1, 1, 6), 64, in_process=True, recent_episodes=400)
     envs.reset(0)
     per_step = []
     for step in range(60):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from rl_toy import SPEC, IdentityBatcher, bandit_envs, mode_stats, pretrained_bimodal_flow
+from rl_toy import SPEC, IdentityBatcher, QuickSuccess, bandit_envs, mode_stats, pretrained_bimodal_flow
 
 from robopolicy.nn import unet_preset
 from robopolicy.policies.diffusion import DiffusionPolicy
@@ -25,6 +25,7 @@ from robopolicy.rl.rl100 import (
     make_stochastic,
     offline_improve,
 )
+from robopolicy.rl.rollout import ChunkEnv, ChunkVectorEnv
 
 torch.set_num_threads(1)
 
@@ -95,6 +96,20 @@ def test_iql_critics_rank_the_rewarded_mode_higher():
         adv = critics.advantage(flat_obs(obs), act)
     good = rew > 0.5
     assert float(adv[good].mean()) > float(adv[~good].mean()) + 0.3
+
+
+def test_collection_waits_for_every_envs_first_episode():
+    """Stopping at the n-th finished episode would keep the fast envs' quick second successes in place of
+    the slow envs' failures: with n == n_envs that set is all successes."""
+    policy = pretrained_bimodal_flow(steps=1)
+    kwargs = make_stochastic(policy, RL100Config(num_inference_steps=2, flow_std=0.1))
+    envs = ChunkVectorEnv(lambda: ChunkEnv(QuickSuccess(fail_after=24), 1, 4, None), 64, in_process=True)
+    data = Transitions()
+    roll = collect_episodes(policy, envs, IdentityBatcher(), 32, 0, kwargs, data)
+    # the failures need 6 chunks: every env's first episode is in, so the collection ran past them
+    assert len(data.obs) == 6 and roll["episodes"] >= 64
+    assert abs(roll["success_recent"] - 0.5) < 0.15, roll
+    assert roll["success_rate"] > roll["success_recent"] + 0.1  # the raw rate still counts the repeat wins
 
 
 def test_gated_offline_stage_moves_mass_to_the_rewarded_mode():

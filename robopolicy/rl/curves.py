@@ -133,3 +133,10 @@ def _scalar(v: Any) -> Any:
     if hasattr(v, "item"):
         return v.item()
     return v
+
+
+def rate_text(row: dict[str, Any], key: str = "rollout/success_recent") -> str:
+    """A rate from a log row for the console: two decimals, or "warm-up" while the window is not filled yet
+    (`ChunkVectorEnv.recent_success_rate` is None until every env has finished an episode)."""
+    value = row.get(key)
+    return "warm-up" if value is None else f"{float(value):.2f}"

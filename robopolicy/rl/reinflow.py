@@ -36,6 +36,7 @@ from robopolicy.policies.obs_conditioning import batch_size_of
 from robopolicy.policies.registry import build_config
 from robopolicy.rl import common
 from robopolicy.rl.chain import gaussian_entropy
+from robopolicy.rl.curves import rate_text
 from robopolicy.rl.ppo import PPO, PPOConfig, PPOHooks, ValueCritic
 
 
@@ -254,7 +255,7 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
     def log(it: int, row: dict[str, Any]) -> None:
         curves.log(it, row)
         curves.message(f"[reinflow] it {it} env_steps {row['env_steps']} wall {row['wall_s']:.0f}s "
-                       f"rollout_recent {row.get('rollout/success_recent', float('nan')):.2f} "
+                       f"rollout_recent {rate_text(row)} "
                        f"eval {row.get('eval/success_rate', '-')} kl {row.get('ppo/approx_kl', float('nan')):.4f} "
                        f"clipfrac {row.get('ppo/clipfrac', float('nan')):.2f}")
 

@@ -38,6 +38,7 @@ from robopolicy.policies.flow import FlowPolicy
 from robopolicy.policies.registry import build_config
 from robopolicy.rl import common
 from robopolicy.rl.chain import step_log_probs, stored_step_log_probs
+from robopolicy.rl.curves import rate_text
 from robopolicy.rl.il_retrain import DemoBatches, SuccessfulChunks, retrain_imitation
 from robopolicy.rl.iql import IQLConfig, IQLCritics
 from robopolicy.rl.ppo import PPO, PPOConfig, PPOHooks, ValueCritic
@@ -157,12 +158,17 @@ class Transitions:
 def collect_episodes(policy: GenerativePolicy, envs: Any, batcher: Any, n_episodes: int, seed: int,
                      kwargs: dict[str, Any], data: Transitions,
                      successes: SuccessfulChunks | None = None) -> dict[str, float]:
-    """Roll the stochastic chain until `n_episodes` episodes finished; append every transition to `data`
-    (and the sampled chunks of the episodes that succeed to `successes`)."""
+    """Roll the stochastic chain until `n_episodes` episodes finished and every env finished its first one;
+    append every transition to `data` (and the sampled chunks of the episodes that succeed to `successes`).
+
+    Waiting for every env's first episode keeps slow episodes in the set: stopping at the n-th finished one
+    would, with n near n_envs, keep the quick (mostly successful) second episodes of the fast envs in place of
+    the slow envs' failures. `success_recent` in the summary is the rate over every env's first episode and
+    those that finished after them (`ChunkVectorEnv.recent_success_rate`)."""
     raw = envs.reset(seed)
     if successes is not None:
         successes.drop_pending()  # the reset abandoned the episodes the last collection left unfinished
-    while len(envs.stats.success) < n_episodes:
+    while len(envs.stats.success) < n_episodes or not envs.first_episodes_done:
         obs = batcher.obs(raw)
         chain = policy.sample_chain(obs, stochastic=True, **kwargs)
         raw, reward, done, _ = envs.step(batcher.executed_actions(chain.actions))
@@ -173,7 +179,10 @@ def collect_episodes(policy: GenerativePolicy, envs: Any, batcher: Any, n_episod
         data.rewards.append(torch.as_tensor(reward))
         data.next_obs.append(batcher.obs(raw))  # after an autoreset this is the next episode's; done masks it
         data.dones.append(torch.as_tensor(done))
-    return envs.pop_stats().summary()
+    summary = envs.pop_stats().summary()
+    if (recent := envs.recent_success_rate) is not None:
+        summary["success_recent"] = recent
+    return summary
 
 
 def fit_critics(critics: IQLCritics, data: Transitions, steps: int, batch_size: int) -> dict[str, float]:
@@ -335,10 +344,11 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
             stages[f"offline_{it + 1}"] = {**ev, **gate, **crit_logs, **il_logs, "rollout": roll}
             curves.log(it + 1, {"env_steps": env_steps, "wall_s": time.perf_counter() - t0,
                                 "rollout/success_rate": roll.get("success_rate", float("nan")),
+                                "rollout/success_recent": roll.get("success_recent", float("nan")),
                                 "eval/success_rate": ev["success_rate"], "offline/accepted": gate["accepted"],
                                 "offline/gate_best": gate["gate_best"], **crit_logs, **il_logs})
-            curves.message(f"[rl100] offline it {it + 1} env_steps {env_steps} rollout_success "
-                           f"{roll.get('success_rate', float('nan')):.2f} eval {ev['success_rate']:.2f} "
+            curves.message(f"[rl100] offline it {it + 1} env_steps {env_steps} rollout_recent "
+                           f"{rate_text(roll, 'success_recent')} eval {ev['success_rate']:.2f} "
                            f"accepted {gate['accepted']}")
         curves.advance(envs.total_env_steps, stage="online" if cfg.online_iterations > 0 else "done")
         save("offline", stage="offline")
@@ -368,7 +378,7 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
                 row = {**row, "wall_s": time.perf_counter() - t0}
                 curves.log(cfg.offline_iterations + it, row)
                 curves.message(f"[rl100] online it {it} env_steps {row['env_steps']} wall {row['wall_s']:.0f}s "
-                               f"rollout_recent {row.get('rollout/success_recent', float('nan')):.2f} "
+                               f"rollout_recent {rate_text(row)} "
                                f"eval {row.get('eval/success_rate', '-')} kl {row.get('ppo/approx_kl', float('nan')):.4f}")
 
             curves.start_wall_budget(cfg.online_wall_budget_s)

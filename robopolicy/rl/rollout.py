@@ -179,6 +179,11 @@ class ChunkVectorEnv:
         return float(np.mean(self._recent))
 
     @property
+    def first_episodes_done(self) -> bool:
+        """Whether every env has finished an episode since the last reset (an unbiased batch is in)."""
+        return not self._in_first.any()
+
+    @property
     def chunk_space(self) -> gym.spaces.Box:
         return self.envs.single_action_space  # type: ignore[return-value]
 
