@@ -163,8 +163,8 @@ def collect_episodes(policy: GenerativePolicy, envs: Any, batcher: Any, n_episod
 
     Waiting for every env's first episode keeps slow episodes in the set: stopping at the n-th finished one
     would, with n near n_envs, keep the quick (mostly successful) second episodes of the fast envs in place of
-    the slow envs' failures. `success_recent` in the summary is the rate over every env's first episode and
-    those that finished after them (`ChunkVectorEnv.recent_success_rate`)."""
+    the slow envs' failures. `success_recent` in the summary is `ChunkVectorEnv.recent_success_rate`: the rate
+    over every env's first episode and those that finished after them (the last `recent_episodes` of these)."""
     raw = envs.reset(seed)
     if successes is not None:
         successes.drop_pending()  # the reset abandoned the episodes the last collection left unfinished
