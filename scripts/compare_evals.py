@@ -97,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     base_name = named[0][0]
     rows = {name: compare(evals[base_name], evals[name], shared) for name, _ in named[1:]}
+    base_successes = sum(evals[base_name][s][0] for s in shared)
     print(f"paired against {base_name} on {len(shared)} seeds ({shared[0]}..{shared[-1]}): "
-          f"{base_name} {rows[named[1][0]]['success_base']}/{len(shared)}")
+          f"{base_name} {base_successes}/{len(shared)}")
     print(f"{'name':<24} {'success':>9} {'diff':>7} {'only base':>9} {'only this':>9} {'McNemar p':>9} {'score diff':>10}")
     for name, r in rows.items():
         print(f"{name:<24} {r['success']:>5}/{r['n']:<3} {r['diff_points']:>+6.1f} {r['only_base']:>9} "

@@ -174,7 +174,7 @@ class ChunkVectorEnv:
         first iterations, and with synchronised time-outs an iteration holds either a few successes or a wave of
         failures (PushT: 1-30 episodes per iteration). Here each env's first episode always counts, later
         episodes count once every env has finished its first, so the window starts from an unbiased sample."""
-        if self._in_first.any() or not self._recent:
+        if not self.first_episodes_done or not self._recent:
             return None
         return float(np.mean(self._recent))
 
