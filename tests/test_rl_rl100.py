@@ -112,6 +112,14 @@ def test_collection_waits_for_every_envs_first_episode():
     assert roll["success_rate"] > roll["success_recent"] + 0.1  # the raw rate still counts the repeat wins
 
 
+def test_collection_stops_with_a_clear_error_when_an_env_never_ends():
+    policy = pretrained_bimodal_flow(steps=5)
+    kwargs = make_stochastic(policy, RL100Config(num_inference_steps=2, flow_std=0.1))
+    envs = ChunkVectorEnv(lambda: ChunkEnv(QuickSuccess(fail_after=10**9), 1, 4, None), 8, in_process=True)
+    with pytest.raises(RuntimeError, match="never ends its episodes. Set task.max_episode_steps"):
+        collect_episodes(policy, envs, IdentityBatcher(), 4, 0, kwargs, Transitions(), max_chunks=5)
+
+
 def test_gated_offline_stage_moves_mass_to_the_rewarded_mode():
     torch.manual_seed(0)
     policy = pretrained_bimodal_flow(steps=200)

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from robopolicy.train.curves import read_metrics
+
 # What the progress bar shows of a logged row, under a short name.
 # A PPO row carries both rollout rates; the windowed one (rollout.py: recent_success_rate) is listed last so it wins.
 BAR_KEYS = {"eval/success_rate": "eval", "rollout/success_rate": "rollout", "rollout/success_recent": "rollout",
@@ -23,23 +25,32 @@ class LearningCurves:
     tqdm bar over environment steps (`total_env_steps` when known) with the latest eval and rollout success.
 
     After `start_wall_budget` the bar also shows the wall time left (`wall left=12:34`): a run stopped by its wall
-    budget ends long before the bar's env-step total, so tqdm's own ETA would mislead."""
+    budget ends long before the bar's env-step total, so tqdm's own ETA would mislead.
+
+    `resume_at=(iteration, env_steps)` continues a resumed run's logs: metrics.jsonl keeps its rows up to that
+    iteration (those logged after the checkpoint, and a final row, are dropped: the run redoes them), and
+    tensorboard purges its events past that env step."""
 
     def __init__(self, out_dir: str | Path, tensorboard: bool = True, total_env_steps: int | None = None,
-                 progress: bool = True, desc: str = "finetune"):
+                 progress: bool = True, desc: str = "finetune", resume_at: tuple[int, int] | None = None):
         from tqdm.auto import tqdm
 
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.out_dir / "metrics.jsonl"
         self.rows: list[dict[str, Any]] = []
+        if resume_at is not None:
+            kept = read_metrics(self.jsonl) if self.jsonl.is_file() else []
+            self.rows = [r for r in kept if r["step"] <= resume_at[0] and not r.get("final")]
+            self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.out_dir / "tb"))
+            self.writer = SummaryWriter(str(self.out_dir / "tb"),
+                                        purge_step=resume_at[1] + 1 if resume_at is not None else None)
         self.bar = tqdm(total=total_env_steps, desc=desc, unit="env step", unit_scale=True, disable=not progress,
-                        dynamic_ncols=True)
+                        dynamic_ncols=True, initial=resume_at[1] if resume_at is not None else 0)
         self._shown: dict[str, str] = {}
         self.wall_budget_s: float | None = None
         self._t0 = time.perf_counter()

@@ -171,6 +171,27 @@ class PPO:
         self.actor_regularizer = actor_regularizer
         self.state = PPOState()
 
+    # ------------------------------------------------------------------ resume
+    def training_state(self) -> dict[str, Any]:
+        """What a resumed run needs beyond the networks: both optimisers (Adam's moments) and the counters."""
+        st = self.state
+        return {"actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+                "counters": {"iteration": st.iteration, "actor_updates": st.actor_updates,
+                             "env_steps": st.env_steps, "wall_s": st.wall_s}}
+
+    def load_training_state(self, saved: dict[str, Any]) -> None:
+        """Restore `training_state()`'s output (optimisers built over the same parameter groups)."""
+        self.actor_opt.load_state_dict(saved["actor_opt"])
+        self.critic_opt.load_state_dict(saved["critic_opt"])
+        # The learning rates are this run's config (a resumed run may change them), not the saved ones.
+        for group, base in zip(self.actor_opt.param_groups, self.actor_base_lrs, strict=True):
+            group["lr"] = base
+        for group in self.critic_opt.param_groups:
+            group["lr"] = self.cfg.critic_lr
+        c = saved["counters"]
+        self.state = PPOState(iteration=int(c["iteration"]), actor_updates=int(c["actor_updates"]),
+                              env_steps=int(c["env_steps"]), wall_s=float(c["wall_s"]))
+
     # ------------------------------------------------------------------ rollout
     @torch.no_grad()
     def collect(self, envs: Any, batcher: Any, raw_obs: dict[str, np.ndarray]
@@ -295,8 +316,8 @@ class PPO:
             hooks: PPOHooks, log: Callable[[int, dict[str, Any]], None]) -> PPOState:
         """Iterate rollout -> GAE -> update until `iterations` or the wall budget; log every iteration."""
         t_start = time.perf_counter() - self.state.wall_s
-        raw_obs = envs.reset(seed)
         it = self.state.iteration
+        raw_obs = envs.reset(seed + it)  # a resumed run does not replay its first layouts
         while it < iterations:
             elapsed = time.perf_counter() - t_start
             progress = max(it / max(iterations, 1), elapsed / wall_budget_s if wall_budget_s else 0.0)

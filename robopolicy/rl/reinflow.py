@@ -14,8 +14,9 @@ wall-budget fraction.
 
 Saved checkpoints are ordinary FlowPolicy checkpoints (the velocity net after fine-tuning), loadable by
 `robopolicy.load` and `robopolicy eval`; they sample the deterministic mean path, which is how ReinFlow
-evaluates. The noise net and the critic are saved beside them (`reinflow_state.pt`) for inspection or to
-sample the stochastic chain again.
+evaluates. Beside them, `reinflow_state.pt` holds what a resumed run needs: the noise net, the critic, both
+optimisers, the counters (iteration, env steps, wall time) and the RNG states. `algo.resume_from=<out_dir>/last`
+continues a run from there; `iterations` and `wall_budget_s` count the whole run, so raise them to go further.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -38,6 +40,7 @@ from robopolicy.rl import common
 from robopolicy.rl.chain import gaussian_entropy
 from robopolicy.rl.curves import rate_text
 from robopolicy.rl.ppo import PPO, PPOConfig, PPOHooks, ValueCritic
+from robopolicy.train import checkpoint as ckpt
 
 
 class NoiseNet(nn.Module):
@@ -95,6 +98,10 @@ class ReinFlowConfig:
     # run's eval_before.json): used instead of evaluating the start again (it is deterministic).
     before_eval_json: str | None = None
     checkpoint_every: int = 5
+    # A ReinFlow checkpoint of an earlier run (its last/ or final/ directory) to continue from: the velocity
+    # weights, noise net, critic, optimisers and counters. `checkpoint=` stays the imitation start (the W2
+    # term's reference and the summary's "before"); iterations and wall_budget_s count the whole run.
+    resume_from: str | None = None
     context: str = "spawn"
     in_process: bool = False  # run the envs in this process (tests, debugging)
     num_threads: int = 1
@@ -175,6 +182,49 @@ def load_before_eval(path: Path, n_episodes: int) -> dict[str, Any]:
     return before
 
 
+def training_state(noise_net: NoiseNet, critic: ValueCritic, ppo: PPO, best_rate: float) -> dict[str, Any]:
+    """reinflow_state.pt's contents: everything besides the velocity weights that a resumed run needs."""
+    return {"noise_net": noise_net.state_dict(), "critic": critic.state_dict(), "ppo": ppo.training_state(),
+            "best_rate": best_rate, "iteration": ppo.state.iteration, "env_steps": ppo.state.env_steps,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}}
+
+
+def resume_training(path: str | Path, policy: FlowPolicy, noise_net: NoiseNet, critic: ValueCritic,
+                    ppo: PPO) -> dict[str, Any]:
+    """Load a ReinFlow checkpoint's velocity weights and reinflow_state.pt into this run's objects.
+
+    Returns the saved state (for its best_rate). Raises with the fix when `path` is not a ReinFlow checkpoint
+    or was fine-tuned from a head of another shape."""
+    path = Path(path)
+    state_file = path / "reinflow_state.pt"
+    if not state_file.is_file():
+        raise ValueError(f"algo.resume_from={path} holds no reinflow_state.pt: give the last/ (or final/) "
+                         "directory of an earlier `robopolicy finetune algo=reinflow` run")
+    saved = ckpt.load_checkpoint(path)
+    if saved.meta.get("finetune", {}).get("algo") != "reinflow":
+        raise ValueError(f"algo.resume_from={path} is not a ReinFlow checkpoint (its meta says "
+                         f"{saved.meta.get('finetune')})")
+    state = torch.load(state_file, map_location="cpu", weights_only=False)  # our own file: numpy RNG state inside
+    policy.set_step_std(None)
+    try:
+        policy.load_state_dict(saved.policy.state_dict())
+        noise_net.load_state_dict(state["noise_net"])
+        critic.load_state_dict(state["critic"])
+    except RuntimeError as e:
+        raise ValueError(f"algo.resume_from={path} does not fit this run (a different start, K or critic size?): "
+                         f"{str(e).splitlines()[0]}") from None
+    finally:
+        policy.set_step_std(noise_net)
+    if "ppo" in state:
+        ppo.load_training_state(state["ppo"])
+    else:  # written before resume existed: counters only, Adam's moments start afresh
+        ppo.state.iteration, ppo.state.env_steps = int(state["iteration"]), int(state["env_steps"])
+    if "rng" in state:
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+    return state
+
+
 def build_config_from(algo: dict[str, Any]) -> ReinFlowConfig:
     algo = {k: v for k, v in dict(algo).items() if k != "name"}
     cfg = build_config(ReinFlowConfig, algo, where="algo 'reinflow'")
@@ -200,10 +250,14 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
                                         {"params": list(noise_net.parameters()), "lr": cfg.noise_lr}],
               evaluate_terms(policy), actor_regularizer=w2_regularizer(policy, cfg.bc_coef) if cfg.bc_coef > 0 else None)
     # The bar's total is the iteration budget's env steps (a wall budget may stop the run earlier).
+    saved = resume_training(cfg.resume_from, policy, noise_net, critic, ppo) if cfg.resume_from else None
+    # The bar's total is the iteration budget's env steps (a wall budget may stop the run earlier).
     curves = common.LearningCurves(out_dir, desc="reinflow", total_env_steps=cfg.iterations * cfg.ppo.n_envs
-                                   * cfg.ppo.n_steps * policy.spec.n_action_steps)
-    (out_dir / "config.json").write_text(json.dumps({"algo": asdict(cfg), "task": task, "seed": seed,
-                                                     "checkpoint": str(checkpoint)}, indent=2, default=str))
+                                   * cfg.ppo.n_steps * policy.spec.n_action_steps,
+                                   resume_at=(ppo.state.iteration, ppo.state.env_steps) if saved else None)
+    config_name = f"config_resume{ppo.state.iteration}.json" if saved else "config.json"
+    (out_dir / config_name).write_text(json.dumps({"algo": asdict(cfg), "task": task, "seed": seed,
+                                                   "checkpoint": str(checkpoint)}, indent=2, default=str))
 
     def evaluate(n: int) -> dict[str, Any]:
         return common.evaluate_success(policy, start.normalizer, task, n_episodes=n, n_workers=cfg.eval_workers,
@@ -211,8 +265,7 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
 
     def save(name: str) -> Path:
         def extra(directory: Path) -> None:
-            torch.save({"noise_net": noise_net.state_dict(), "critic": critic.state_dict(),
-                        "iteration": ppo.state.iteration, "env_steps": ppo.state.env_steps}, directory / "reinflow_state.pt")
+            torch.save(training_state(noise_net, critic, ppo, best["rate"]), directory / "reinflow_state.pt")
         policy.set_step_std(None)  # the checkpoint holds exactly a FlowPolicy's weights
         try:
             return common.save_finetuned(
@@ -224,14 +277,21 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
         finally:
             policy.set_step_std(noise_net)
 
-    if cfg.before_eval_json:
+    before_file = out_dir / "eval_before.json"
+    if saved is not None and before_file.is_file():  # resumed in the same out_dir: the start was evaluated
+        before = load_before_eval(before_file, cfg.final_eval_episodes)
+    elif cfg.before_eval_json:
         before = load_before_eval(Path(cfg.before_eval_json), cfg.final_eval_episodes)
     else:
         before = evaluate(cfg.final_eval_episodes)
-    (out_dir / "eval_before.json").write_text(json.dumps(before, indent=2, default=str))
-    curves.log(0, {"env_steps": 0, "wall_s": 0.0, "eval/success_rate": before["success_rate"]})
+    before_file.write_text(json.dumps(before, indent=2, default=str))
+    if saved is None:
+        curves.log(0, {"env_steps": 0, "wall_s": 0.0, "eval/success_rate": before["success_rate"]})
+    else:
+        curves.message(f"[reinflow] resumed from {cfg.resume_from} at iteration {ppo.state.iteration}, "
+                       f"{ppo.state.env_steps} env steps, {ppo.state.wall_s:.0f} s")
     envs = common.make_chunk_envs(task, policy.spec, cfg.ppo.n_envs, cfg.context, cfg.in_process)
-    best = {"rate": before["success_rate"]}
+    best = {"rate": float(saved.get("best_rate", before["success_rate"])) if saved else before["success_rate"]}
 
     def before_iteration(it: int, progress: float) -> dict[str, float]:
         noise_net.max_std.fill_(max_std_at(progress, cfg))
@@ -281,4 +341,5 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
     return summary
 
 
-__all__ = ["NoiseNet", "ReinFlowConfig", "attach_noise_net", "finetune", "max_std_at", "w2_regularizer"]
+__all__ = ["NoiseNet", "ReinFlowConfig", "attach_noise_net", "finetune", "max_std_at", "resume_training",
+           "training_state", "w2_regularizer"]

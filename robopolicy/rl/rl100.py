@@ -157,9 +157,10 @@ class Transitions:
 @torch.no_grad()
 def collect_episodes(policy: GenerativePolicy, envs: Any, batcher: Any, n_episodes: int, seed: int,
                      kwargs: dict[str, Any], data: Transitions,
-                     successes: SuccessfulChunks | None = None) -> dict[str, float]:
+                     successes: SuccessfulChunks | None = None, max_chunks: int = 10_000) -> dict[str, float]:
     """Roll the stochastic chain until `n_episodes` episodes finished and every env finished its first one;
     append every transition to `data` (and the sampled chunks of the episodes that succeed to `successes`).
+    Raises after `max_chunks` chunks per env if that has not happened (an env whose episodes never end).
 
     Waiting for every env's first episode keeps slow episodes in the set: stopping at the n-th finished one
     would, with n near n_envs, keep the quick (mostly successful) second episodes of the fast envs in place of
@@ -168,7 +169,13 @@ def collect_episodes(policy: GenerativePolicy, envs: Any, batcher: Any, n_episod
     raw = envs.reset(seed)
     if successes is not None:
         successes.drop_pending()  # the reset abandoned the episodes the last collection left unfinished
+    n_chunks = 0
     while len(envs.stats.success) < n_episodes or not envs.first_episodes_done:
+        if n_chunks >= max_chunks:
+            raise RuntimeError(f"RL-100's collection ran {n_chunks} chunks per env and {len(envs.stats.success)} of "
+                               f"{n_episodes} episodes finished (every env's first one: {envs.first_episodes_done}): "
+                               "an env never ends its episodes. Set task.max_episode_steps")
+        n_chunks += 1
         obs = batcher.obs(raw)
         chain = policy.sample_chain(obs, stochastic=True, **kwargs)
         raw, reward, done, _ = envs.step(batcher.executed_actions(chain.actions))
