@@ -41,6 +41,9 @@ checkpoints in the imitation format (`robopolicy eval checkpoint=<out_dir>/final
 Example:
   robopolicy finetune algo=reinflow checkpoint=data/rl_start/embedded_push_flow task=embedded_push \\
       algo.wall_budget_s=1800 out_dir=runs/finetune/push_reinflow
+  # continue that run for another 30 minutes (ReinFlow; budgets count the whole run):
+  robopolicy finetune algo=reinflow checkpoint=data/rl_start/embedded_push_flow task=embedded_push \\
+      algo.wall_budget_s=3600 algo.resume_from=runs/finetune/push_reinflow/last out_dir=runs/finetune/push_reinflow
 """
 
 
