@@ -63,6 +63,22 @@ def test_update_changes_the_policy_and_stops_early_on_kl():
     assert "loss/policy" not in critic_only and "loss/value" in critic_only
 
 
+def _adam_steps(opt: torch.optim.Optimizer) -> int:
+    return max(int(st["step"]) for st in opt.state.values())
+
+
+@pytest.mark.parametrize("critic_after_kl_stop", [False, True])
+def test_kl_early_stop_stops_the_actor_and_optionally_not_the_critic(critic_after_kl_stop):
+    torch.manual_seed(0)
+    ppo = _ppo(update_epochs=5, target_kl=1e-9, critic_warmup_iters=0, critic_after_kl_stop=critic_after_kl_stop)
+    envs = bandit_envs(4)
+    batch, _, _ = ppo.collect(envs, IdentityBatcher(), envs.reset(0))  # 12 samples: 2 minibatches an epoch
+    logs = ppo.update(batch)
+    assert logs["ppo/early_stop"] == 1.0 and logs["ppo/epochs"] == 1.0
+    assert _adam_steps(ppo.actor_opt) == 2  # the minibatch that passed the KL target still stepped
+    assert _adam_steps(ppo.critic_opt) == (5 * 2 if critic_after_kl_stop else 2)
+
+
 def test_gae_matches_a_hand_computation_and_stops_at_episode_ends():
     gamma, lam = 0.9, 0.8
     rewards = torch.tensor([[1.0], [0.0], [2.0]])
