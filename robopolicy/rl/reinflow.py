@@ -200,7 +200,10 @@ def resume_training(path: str | Path, policy: FlowPolicy, noise_net: NoiseNet, c
     if not state_file.is_file():
         raise ValueError(f"algo.resume_from={path} holds no reinflow_state.pt: give the last/ (or final/) "
                          "directory of an earlier `robopolicy finetune algo=reinflow` run")
-    saved = ckpt.load_checkpoint(path)
+    try:
+        saved = ckpt.load_checkpoint(path)
+    except ckpt.CheckpointError as e:
+        raise ValueError(f"algo.resume_from={path}: {e}") from None
     if saved.meta.get("finetune", {}).get("algo") != "reinflow":
         raise ValueError(f"algo.resume_from={path} is not a ReinFlow checkpoint (its meta says "
                          f"{saved.meta.get('finetune')})")
@@ -249,7 +252,6 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
     ppo = PPO(policy, critic, cfg.ppo, [{"params": velocity_params, "lr": cfg.ppo.actor_lr},
                                         {"params": list(noise_net.parameters()), "lr": cfg.noise_lr}],
               evaluate_terms(policy), actor_regularizer=w2_regularizer(policy, cfg.bc_coef) if cfg.bc_coef > 0 else None)
-    # The bar's total is the iteration budget's env steps (a wall budget may stop the run earlier).
     saved = resume_training(cfg.resume_from, policy, noise_net, critic, ppo) if cfg.resume_from else None
     # The bar's total is the iteration budget's env steps (a wall budget may stop the run earlier).
     curves = common.LearningCurves(out_dir, desc="reinflow", total_env_steps=cfg.iterations * cfg.ppo.n_envs
