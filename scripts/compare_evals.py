@@ -10,8 +10,10 @@ over 200 seeds overlap for differences below ~10 points; the paired test is the 
     .venv/bin/python scripts/compare_evals.py start=results/eval/start/eval.json \\
         reinflow=results/eval/rf_final/eval.json rl100=results/eval/rl100_final/eval.json --out compare.json
 
-Arguments are NAME=PATH or PATH (the name is then the parent folder's); PATH is an eval.json or its folder.
-Only seeds present in every evaluation are compared; a warning says how many were dropped.
+Arguments are NAME=PATH or PATH (the name is then the parent folder's); PATH is an eval.json or its folder, or
+several joined by commas: evaluations of one checkpoint on other seed ranges, pooled (e.g. `seed=100050` and
+`seed=100100`, 50 episodes each). Only seeds present in every evaluation are compared; a warning says how many
+were dropped.
 """
 
 from __future__ import annotations
@@ -42,6 +44,19 @@ def load_episodes(path: str | Path) -> dict[int, tuple[bool, float]]:
     return out
 
 
+def load_pooled(paths: str) -> dict[int, tuple[bool, float]]:
+    """load_episodes over comma-separated evaluations of one checkpoint; a seed may appear in only one of them."""
+    pooled: dict[int, tuple[bool, float]] = {}
+    for path in paths.split(","):
+        episodes = load_episodes(path)
+        twice = sorted(set(pooled) & set(episodes))
+        if twice:
+            raise ValueError(f"{path}: seeds {twice[0]}..{twice[-1]} ({len(twice)}) are already in an earlier file "
+                             "of the same NAME=PATH,PATH list; pool evaluations of disjoint seed ranges")
+        pooled.update(episodes)
+    return pooled
+
+
 def mcnemar_exact(only_a: int, only_b: int) -> float:
     """Two-sided exact McNemar p-value: under no difference each discordant pair is a fair coin."""
     n = only_a + only_b
@@ -70,7 +85,7 @@ def parse_named(arg: str) -> tuple[str, str]:
     if "=" in arg:
         name, path = arg.split("=", 1)
         return name, path
-    p = Path(arg)
+    p = Path(arg.split(",")[0])
     return (p.parent.name if p.name == "eval.json" else p.name), arg
 
 
@@ -82,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     named = [parse_named(a) for a in [args.baseline, *args.others]]
     try:
-        evals = {name: load_episodes(path) for name, path in named}
+        evals = {name: load_pooled(path) for name, path in named}
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -55,3 +55,16 @@ def test_bad_input_gets_a_clear_error(tmp_path, capsys):
     (tmp_path / "bad" / "eval.json").write_text("{}")
     assert m.main([str(a), str(tmp_path / "bad")]) == 2
     assert "per-episode" in capsys.readouterr().err
+
+
+def test_comma_separated_evaluations_are_pooled_and_overlaps_refused(tmp_path, capsys):
+    m = _compare()
+    base = f"{_eval(tmp_path / 'a1', [True, False])},{_eval(tmp_path / 'a2', [False, False], first_seed=102)}"
+    other = f"{_eval(tmp_path / 'b1', [True, True])},{_eval(tmp_path / 'b2', [True, False], first_seed=102)}"
+    out = tmp_path / "cmp.json"
+    assert m.main([f"start={base}", f"rl={other}", "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["rows"]["rl"]
+    assert (row["n"], row["success_base"], row["success"], row["only_this"]) == (4, 1, 3, 2)
+    overlap = f"{tmp_path / 'b1'},{_eval(tmp_path / 'b3', [True], first_seed=101)}"
+    assert m.main([f"start={base}", f"rl={overlap}"]) == 2
+    assert "already in an earlier file" in capsys.readouterr().err
