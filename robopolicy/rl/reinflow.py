@@ -282,11 +282,12 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
     before_file = out_dir / "eval_before.json"
     if saved is not None and before_file.is_file():  # resumed in the same out_dir: the start was evaluated
         before = load_before_eval(before_file, cfg.final_eval_episodes)
-    elif cfg.before_eval_json:
-        before = load_before_eval(Path(cfg.before_eval_json), cfg.final_eval_episodes)
     else:
-        before = evaluate(cfg.final_eval_episodes)
-    before_file.write_text(json.dumps(before, indent=2, default=str))
+        if cfg.before_eval_json:
+            before = load_before_eval(Path(cfg.before_eval_json), cfg.final_eval_episodes)
+        else:
+            before = evaluate(cfg.final_eval_episodes)
+        before_file.write_text(json.dumps(before, indent=2, default=str))
     if saved is None:
         curves.log(0, {"env_steps": 0, "wall_s": 0.0, "eval/success_rate": before["success_rate"]})
     else:
