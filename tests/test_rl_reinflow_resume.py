@@ -72,6 +72,19 @@ def test_resume_continues_counters_and_logs_from_last(toy_finetune, tmp_path):
     assert wall == sorted(wall)  # the wall clock continues from the checkpoint's
 
 
+def test_a_longer_resumed_run_never_raises_the_noise_bound(toy_finetune, tmp_path):
+    """Doubling the iteration budget halves the progress; max_std stays at the reached value until the new
+    schedule comes below it, then follows it down to the same end point."""
+    out = tmp_path / "run"
+    toy_finetune(out, iterations=4, hold_ratio=0.0, decay_ratio=0.0, checkpoint_every=4)  # ends at min_std
+    reached = [r["noise/max_std"] for r in _rows(out) if "noise/max_std" in r]
+    assert reached[-1] == pytest.approx(0.05 + 0.1 * 0.25)  # progress 3/4 at the last iteration's start
+    toy_finetune(out, iterations=8, hold_ratio=0.0, decay_ratio=0.0, resume_from=str(out / "last"))
+    resumed = [r["noise/max_std"] for r in _rows(out) if "noise/max_std" in r][len(reached):]
+    assert len(resumed) == 4 and max(resumed) <= reached[-1] + 1e-7  # uncapped, it would restart at 0.10
+    assert resumed[0] == pytest.approx(reached[-1]) and resumed[-1] == pytest.approx(0.05 + 0.1 / 8)
+
+
 def test_resume_restores_weights_noise_net_critic_and_optimisers_exactly(toy_finetune, tmp_path):
     out = tmp_path / "run"
     toy_finetune(out, iterations=2)

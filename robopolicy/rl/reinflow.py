@@ -17,6 +17,7 @@ Saved checkpoints are ordinary FlowPolicy checkpoints (the velocity net after fi
 evaluates. Beside them, `reinflow_state.pt` holds what a resumed run needs: the noise net, the critic, both
 optimisers, the counters (iteration, env steps, wall time) and the RNG states. `algo.resume_from=<out_dir>/last`
 continues a run from there; `iterations` and `wall_budget_s` count the whole run, so raise them to go further.
+The schedule then follows the longer run, except that max_std never rises above the value it had reached.
 """
 
 from __future__ import annotations
@@ -296,8 +297,11 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
     envs = common.make_chunk_envs(task, policy.spec, cfg.ppo.n_envs, cfg.context, cfg.in_process)
     best = {"rate": float(saved.get("best_rate", before["success_rate"])) if saved else before["success_rate"]}
 
+    # Raising the budgets on resume moves "progress" back; the bound still never rises above where it stood.
+    std_cap = float(noise_net.max_std) if saved else cfg.max_std
+
     def before_iteration(it: int, progress: float) -> dict[str, float]:
-        noise_net.max_std.fill_(max_std_at(progress, cfg))
+        noise_net.max_std.fill_(min(std_cap, max_std_at(progress, cfg)))
         return {"noise/max_std": float(noise_net.max_std), "progress": progress}
 
     def periodic_eval(it: int) -> dict[str, float]:
