@@ -20,8 +20,8 @@ from robopolicy.cli.config import config_dir
 ALGORITHMS: dict[str, str] = {
     "reinflow": "robopolicy.rl.reinflow:finetune",
     "rl100": "robopolicy.rl.rl100:finetune",
-    "dsrl": "robopolicy.rl.dsrl:finetune",
-    "dsrl_na": "robopolicy.rl.dsrl:finetune_na",
+    "dsrl": "robopolicy.rl.dsrl_finetune:finetune",
+    "dsrl_na": "robopolicy.rl.dsrl_finetune:finetune_na",
 }
 
 HELP = """\
@@ -41,7 +41,7 @@ checkpoints in the imitation format (`robopolicy eval checkpoint=<out_dir>/final
 Example:
   robopolicy finetune algo=reinflow checkpoint=data/rl_start/embedded_push_flow task=embedded_push \\
       algo.wall_budget_s=1800 out_dir=runs/finetune/push_reinflow
-  # continue that run for another 30 minutes (ReinFlow; budgets count the whole run):
+  # continue that run for another 30 minutes (ReinFlow and DSRL; budgets count the whole run):
   robopolicy finetune algo=reinflow checkpoint=data/rl_start/embedded_push_flow task=embedded_push \\
       algo.wall_budget_s=3600 algo.resume_from=runs/finetune/push_reinflow/last out_dir=runs/finetune/push_reinflow
 """

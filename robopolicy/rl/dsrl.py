@@ -25,11 +25,9 @@ CPU adaptations, all in the config (the official run is 3x2048 nets, UTD 20, on 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -38,7 +36,6 @@ import torch
 from robopolicy.nn.mlp import ACTIVATIONS
 from robopolicy.policies.steered import NoiseActorConfig, SteeredPolicy
 from robopolicy.rl.noise_spread import noise_spread, spread_warning
-from robopolicy.rl.returns import task_return_bounds
 from robopolicy.rl.sac import (
     ReplayBuffer,
     Temperature,
@@ -95,6 +92,9 @@ class DSRLConfig:
     eval_in_process: bool = True  # all eval episodes batched in this process (rl/batched_eval.py); False: runner
     final_eval_episodes: int = 50  # base vs steered on held-out seeds at the end (summary.json)
     num_threads: int = 1
+    # <out_dir>/last of an earlier run of the same variant and start: continue it, replay buffer included
+    # (rl/dsrl_resume.py). total_env_steps and max_wall_s count the whole run, so raise them to go further.
+    resume_from: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("total_env_steps", "n_envs", "batch_size", "na_target_batch_size", "prior_samples_per_state",
@@ -132,6 +132,16 @@ class Batcher(Protocol):
     def executed_actions(self, chunk: torch.Tensor) -> np.ndarray: ...
 
 
+@dataclass
+class TrainProgress:
+    """Where the training loop stands; saved with the learner so that a resumed run continues it."""
+
+    env_steps: int = 0
+    next_eval: int = 0  # env steps at which the next evaluation runs
+    credit: float = 0.0  # gradient steps owed (utd x chunk transitions collected, minus steps taken)
+    wall_s: float = 0.0  # training time spent before this process (a resumed run)
+
+
 class DSRLLearner:
     """The critics, optimizers and replay of DSRL-SAC or DSRL-NA around a SteeredPolicy's noise actor."""
 
@@ -158,6 +168,7 @@ class DSRLLearner:
             self.prior_pool = ReplayBuffer(cfg.prior_pool_size)
         self.gen = torch.Generator().manual_seed(seed)
         self.grad_steps = 0
+        self.progress = TrainProgress(next_eval=cfg.eval_every_env_steps)
 
     # ------------------------------------------------------------------ acting
     def executed(self, chunk: torch.Tensor) -> torch.Tensor:
@@ -266,13 +277,16 @@ def train_dsrl(learner: DSRLLearner, envs: ChunkEnvs, batcher: Batcher, seed: in
     `on_eval(env_steps, wall_s)` runs every `eval_every_env_steps` and at the end (its dict is logged);
     `log(grad_steps, row)` receives rollout and loss statistics after every evaluation interval;
     `progress(env_steps)` is called after every chunk (a progress bar).
+    The loop continues from `learner.progress` (a resumed run: both budgets count the whole run; its envs
+    reset with `seed + env_steps`, so it does not replay its first layouts).
     Returns {env_steps, grad_steps, wall_s, stopped_by}.
     """
     cfg = learner.cfg
-    t0 = time.perf_counter()
-    raw = envs.reset(seed)
+    p = learner.progress
+    t0 = time.perf_counter() - p.wall_s
+    raw = envs.reset(seed + p.env_steps)
     obs = batcher.obs(raw)
-    if envs.n_envs >= 2:  # how far the noise can move the base's actions at all (rl/noise_spread.py)
+    if envs.n_envs >= 2 and p.env_steps == 0:  # how far the noise can move the base's actions (rl/noise_spread.py)
         base = learner.policy
         spread = noise_spread(lambda o, w: base.base.predict_chunk(o, base.to_noise(w)), obs, learner.prior_noise,
                               learner.exec_slice)
@@ -280,12 +294,11 @@ def train_dsrl(learner: DSRLLearner, envs: ChunkEnvs, batcher: Batcher, seed: in
             print(f"[dsrl] warning: {msg}", flush=True)
         if log is not None:
             log(0, {f"base/{k}": v for k, v in spread.items()})
-    env_steps, next_eval, credit = 0, cfg.eval_every_env_steps, 0.0
     episodes: list[float] = []
     losses: dict[str, list[float]] = {}
     stopped_by = "total_env_steps"
-    while env_steps < cfg.total_env_steps and stopped_by != "max_wall_s":
-        mode = "prior" if env_steps < cfg.init_rollout_steps else "explore"
+    while p.env_steps < cfg.total_env_steps and stopped_by != "max_wall_s":
+        mode = "prior" if p.env_steps < cfg.init_rollout_steps else "explore"
         feat, w, chunk = learner.act(obs, mode)
         raw, reward, done, n = envs.step(batcher.executed_actions(chunk))
         next_obs = batcher.obs(raw)
@@ -294,132 +307,29 @@ def train_dsrl(learner: DSRLLearner, envs: ChunkEnvs, batcher: Batcher, seed: in
         pop = getattr(envs, "pop_stats", None)  # ChunkVectorEnv reports episode success; a toy: reward > 0
         episodes.extend(pop().success if pop else [float(r > 0) for r, d in zip(reward, done, strict=True) if d])
         obs = next_obs
-        env_steps += n
+        p.env_steps += n
         if progress is not None:
-            progress(env_steps)
-        if env_steps >= cfg.init_rollout_steps:
-            credit += cfg.utd * envs.n_envs
-            while credit >= 1:
+            progress(p.env_steps)
+        if p.env_steps >= cfg.init_rollout_steps:
+            p.credit += cfg.utd * envs.n_envs
+            while p.credit >= 1:
                 for k, v in learner.update().items():
                     losses.setdefault(k, []).append(v)
-                credit -= 1
-        stop_now = time.perf_counter() - t0 > cfg.max_wall_s
+                p.credit -= 1
+        p.wall_s = time.perf_counter() - t0
+        stop_now = p.wall_s > cfg.max_wall_s
         if stop_now:
             stopped_by = "max_wall_s"
-        if env_steps >= next_eval or env_steps >= cfg.total_env_steps or stop_now:  # always evaluate the final actor
-            next_eval += cfg.eval_every_env_steps
-            row = {"env_steps": env_steps, "wall_s": time.perf_counter() - t0, "grad_steps": learner.grad_steps,
+        if p.env_steps >= p.next_eval or p.env_steps >= cfg.total_env_steps or stop_now:  # always eval the final actor
+            p.next_eval += cfg.eval_every_env_steps
+            row = {"env_steps": p.env_steps, "wall_s": p.wall_s, "grad_steps": learner.grad_steps,
                    "rollout/episodes": len(episodes),
                    "rollout/success_rate": float(np.mean(episodes)) if episodes else float("nan"),
                    **{f"loss/{k}": float(np.mean(v)) for k, v in losses.items()}}
             episodes, losses = [], {}
             if on_eval is not None:
-                row.update(on_eval(env_steps, row["wall_s"]))
+                row.update(on_eval(p.env_steps, row["wall_s"]))
             if log is not None:
                 log(learner.grad_steps, row)
-    return {"env_steps": env_steps, "grad_steps": learner.grad_steps, "wall_s": time.perf_counter() - t0,
+    return {"env_steps": p.env_steps, "grad_steps": learner.grad_steps, "wall_s": time.perf_counter() - t0,
             "stopped_by": stopped_by}
-
-
-def finetune(checkpoint: str, task: dict, algo: dict, out_dir: Path, seed: int) -> dict:
-    """`robopolicy finetune algo=dsrl`: DSRL-SAC from an imitation checkpoint (see run_finetune)."""
-    return run_finetune(checkpoint, task, algo, Path(out_dir), seed, variant="sac")
-
-
-def finetune_na(checkpoint: str, task: dict, algo: dict, out_dir: Path, seed: int) -> dict:
-    """`robopolicy finetune algo=dsrl_na`: DSRL-NA from an imitation checkpoint (see run_finetune)."""
-    return run_finetune(checkpoint, task, algo, Path(out_dir), seed, variant="na")
-
-
-def run_finetune(checkpoint: str, task: dict, algo: dict, out_dir: Path, seed: int, variant: str) -> dict:
-    """Fine-tune the noise actor of a frozen base head on `task`.
-
-    Writes `<out_dir>/last` (every evaluation) and `<out_dir>/best` (best eval success) as steered
-    checkpoints that robopolicy.load / `robopolicy eval` take unchanged, curves.png, metrics.jsonl, tb/ and
-    summary.json. The summary's success_before / success_after compare the base head (its usual random
-    noise) with the final steered policy on `final_eval_episodes` held-out seeds (eval_seed + 10000 ...).
-    """
-    import json
-
-    from robopolicy.policies.registry import build_config
-    from robopolicy.policies.steered import parameter_hash
-    from robopolicy.rl import batched_eval, common
-
-    name = "dsrl" if variant == "sac" else "dsrl_na"
-    cfg = build_config(DSRLConfig, algo, where=f"algo '{name}'")
-    torch.set_num_threads(cfg.num_threads)
-    common.set_seed(seed)
-    out_dir = Path(out_dir)
-    start = common.load_start(checkpoint)
-    base = start.policy
-    if cfg.target_clip == "auto":
-        cfg = dataclasses.replace(cfg, target_clip=task_return_bounds(task, base.spec.n_action_steps, cfg.gamma))
-        if cfg.target_clip is None:
-            print(f"[{name}] the env declares no reward range: critic targets are not clamped", flush=True)
-        else:
-            print(f"[{name}] critic targets clamped to {cfg.target_clip} (the return range of the env's rewards; "
-                  "set algo.target_clip to override)", flush=True)
-    base_hash = parameter_hash(base)
-    policy_cfg = start.config.get("policy") or {}
-    steered = SteeredPolicy(base.spec, SteeredPolicy.Config(base_name=policy_cfg["name"],
-                                                            base_config=policy_cfg.get("config") or {},
-                                                            actor=cfg.actor), base=base)
-    action_key = task.get("action_key", "action")
-    learner = DSRLLearner(steered, cfg, variant, seed)
-    batcher = common.ObsBatcher(steered, start.normalizer, action_key)
-    envs = common.make_chunk_envs(task, base.spec, cfg.n_envs, in_process=cfg.in_process)
-    curves = common.LearningCurves(out_dir, desc=name, total_env_steps=cfg.total_env_steps)
-    steered_config = {"policy": {"name": "steered", "config": {
-        "base_name": policy_cfg["name"], "base_config": policy_cfg.get("config") or {},
-        "actor": dataclasses.asdict(cfg.actor)}}, "finetune": {"algo": name, "seed": seed, **algo}}
-    best = {"success_rate": -1.0}
-
-    def evaluate(policy: Any, n: int, first_seed: int) -> dict[str, Any]:
-        if cfg.eval_in_process:
-            out = batched_eval.success_in_process(policy, start.normalizer, task, first_seed, n, seed, action_key)
-        else:
-            out = common.evaluate_success(policy, start.normalizer, task, n, first_seed, cfg.eval_workers, action_key)
-        steered.actor.train()
-        return out
-
-    def save(which: str, env_steps: int, rate: float) -> Path:
-        meta = {"policy": "steered", "policy_class": "robopolicy.policies.steered:SteeredPolicy",
-                "finetune": {"algo": name, "env_steps": env_steps, "eval_success_rate": rate,
-                             "base_parameter_hash": base_hash, "seed": seed}}
-        return common.save_finetuned(out_dir / which, steered, start, meta, steered_config)
-
-    def on_eval(env_steps: int, wall_s: float) -> dict[str, Any]:
-        s = evaluate(steered, cfg.eval_episodes, cfg.eval_seed)
-        save("last", env_steps, s["success_rate"])
-        if s["success_rate"] > best["success_rate"]:
-            best.update(s)
-            save("best", env_steps, s["success_rate"])
-        curves.plot(title=f"{name} on {common.task_label(task)}")
-        return {"eval/success_rate": s["success_rate"]}
-
-    t0 = time.perf_counter()
-    base_eval = evaluate(base, cfg.eval_episodes, cfg.eval_seed)
-    curves.log(0, {"env_steps": 0, "wall_s": 0.0, "eval/base_success_rate": base_eval["success_rate"],
-                   **on_eval(0, 0.0)})
-    curves.start_wall_budget(cfg.max_wall_s)
-    try:
-        stats = train_dsrl(learner, envs, batcher, seed=50_000 + 1000 * seed, on_eval=on_eval, log=curves.log,
-                           progress=curves.advance)
-    finally:
-        envs.close()
-    if parameter_hash(base) != base_hash:  # DSRL's contract: the base weights never change
-        raise RuntimeError("the base head's parameters changed during DSRL; this is a bug")
-    held_out = cfg.eval_seed + 10_000
-    before = evaluate(base, cfg.final_eval_episodes, held_out)
-    after = evaluate(steered, cfg.final_eval_episodes, held_out)
-    curves.plot(title=f"{name} on {common.task_label(task)}")
-    curves.close()
-    summary = common.finetune_summary(
-        algo=name, start_path=checkpoint, before=before, after=after, env_steps=stats["env_steps"],
-        wall_s=time.perf_counter() - t0, final_checkpoint=out_dir / "last", best_checkpoint=out_dir / "best",
-        best_eval_success=best["success_rate"], eval_seeds=[cfg.eval_seed, cfg.eval_episodes],
-        held_out_seeds=[held_out, cfg.final_eval_episodes], grad_steps=stats["grad_steps"], train_wall_s=stats["wall_s"],
-        stopped_by=stats["stopped_by"], base_parameter_hash=base_hash, base_unchanged=True, seed=seed,
-        target_clip=cfg.target_clip)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    return summary

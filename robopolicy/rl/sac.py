@@ -115,6 +115,30 @@ class ReplayBuffer:
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The filled rows and the ring position (copies: a slice would save the whole preallocated storage)."""
+        def head(v: torch.Tensor) -> torch.Tensor:
+            return v[: self.size].clone()
+
+        return {"capacity": self.capacity, "size": self.size, "pos": self.pos,
+                "data": {k: ({kk: head(vv) for kk, vv in v.items()} if isinstance(v, dict) else head(v))
+                         for k, v in self.data.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()`'s rows into this (empty or not) buffer of the same capacity."""
+        if int(state["capacity"]) != self.capacity:
+            raise ValueError(f"the saved replay has capacity {state['capacity']}, this one {self.capacity}: "
+                             "keep the replay size of the run being resumed")
+
+        def full(v: torch.Tensor) -> torch.Tensor:
+            out = self._alloc("", v)
+            out[: v.shape[0]] = v
+            return out
+
+        self.data = {k: ({kk: full(vv) for kk, vv in v.items()} if isinstance(v, dict) else full(v))
+                     for k, v in state["data"].items()}
+        self.size, self.pos = int(state["size"]), int(state["pos"])
+
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, Any]:
         if self.size == 0:
             raise ValueError("cannot sample from an empty replay buffer")
