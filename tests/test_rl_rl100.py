@@ -31,9 +31,26 @@ torch.set_num_threads(1)
 
 
 def test_ope_gate_accepts_only_improving_updates():
-    gate = OPEGate(best=1.0)
-    assert [gate.offer(j) for j in (0.9, 1.2, 1.1, 1.3, 1.3)] == [False, True, False, True, False]
-    assert gate.best == 1.3 and len(gate.history) == 5
+    states = torch.linspace(-0.05, 0.05, 8)  # per-state values around each estimate
+    gate = OPEGate(1.0 + states)
+    assert [gate.offer(j + states) for j in (0.9, 1.2, 1.1, 1.3, 1.3)] == [False, True, False, True, False]
+    assert gate.best == pytest.approx(1.3) and len(gate.history) == 5
+    assert [h["accepted"] for h in gate.history] == [False, True, False, True, False]
+
+
+def test_ope_gate_with_min_z_refuses_a_rise_carried_by_few_states():
+    base = torch.zeros(100)
+    few = base.clone()
+    few[:2] = 1.0  # mean +0.02, from 2 states of 100: z = 1.4
+    broad = base + 0.01 + 0.01 * torch.linspace(-1, 1, 100)  # mean +0.01, every state: z ~ 17
+    for min_z, verdicts in ((0.0, [True, False]), (2.0, [False, True])):
+        gate = OPEGate(base, min_z=min_z)
+        assert [gate.offer(few), gate.offer(broad)] == verdicts, min_z
+    assert gate.history[0]["z"] == pytest.approx(0.02 / (float(few.std()) / 10))
+    with pytest.raises(ValueError, match="cover 3 states"):
+        gate.offer(torch.zeros(3))
+    with pytest.raises(ValueError, match="gate_min_z"):
+        RL100Config(gate_min_z=-1).validate()
 
 
 def test_expectile_loss():
@@ -133,8 +150,8 @@ def test_gated_offline_stage_moves_mass_to_the_rewarded_mode():
     fit_critics(critics, data, steps=300, batch_size=64)
     out = offline_improve(policy, critics, data, cfg, kwargs)
     mass_after, on_mode = mode_stats(policy)
-    estimates = [j for j, _ in out["gate_history"]]
-    accepted = [j for j, a in out["gate_history"] if a]
+    estimates = [h["estimate"] for h in out["gate_history"]]
+    accepted = [h["estimate"] for h in out["gate_history"] if h["accepted"]]
     assert out["offered"] == 6 and out["accepted"] >= 1
     assert accepted == sorted(accepted) and out["gate_best"] == pytest.approx(max(accepted))
     assert len(estimates) == 6

@@ -8,7 +8,7 @@ sampled from pi_old at dataset states, every denoising step shares the IQL advan
 final action (normalised), ratios are per step on the per-dimension log-prob, and the clip range decays
 linearly. Every `gate_every` steps the OPE estimate
 J(pi) = mean_s Q(s, pi(s)) (the mean-path action on the dataset's states) must beat the best so far to
-replace pi_old; updates that do not are kept optimising against the old reference, and the iteration ends
+replace pi_old (with `gate_min_z` > 0, by that many standard errors of the per-state differences: OPEGate); updates that do not are kept optimising against the old reference, and the iteration ends
 with the last accepted policy. Then online PPO on the same chain (robopolicy/rl/ppo.py), and for a diffusion
 head a one-step consistency student (policies/consistency.py) distilled from the fine-tuned teacher.
 
@@ -67,6 +67,8 @@ class RL100Config:
     offline_lr: float = 1e-5
     offline_clip: float = 0.25  # decayed linearly to 0 over the offline steps
     gate_every: int = 50
+    gate_min_z: float = 0.0  # 0: RL-100's gate (any rise of the OPE estimate); > 0: the rise, state by state,
+                             # must also be this many standard errors (OPEGate)
     online_iterations: int = 0
     online_wall_budget_s: float | None = None
     online_eval_every: int = 0  # online iterations between evaluations (each saves last/, and best/ when it beats
@@ -91,6 +93,8 @@ class RL100Config:
             raise ValueError("need il_steps >= 0, il_batch_size >= 2 and 0 <= il_demo_fraction <= 1")
         if not 0 <= self.il_ema < 1:
             raise ValueError(f"il_ema must be in [0, 1), got {self.il_ema}")
+        if self.gate_min_z < 0:
+            raise ValueError(f"gate_min_z must be >= 0 (0 is RL-100's gate), got {self.gate_min_z}")
         if self.online_eval_every < 0 or self.online_eval_episodes < 1:
             raise ValueError("need online_eval_every >= 0 and online_eval_episodes >= 1")
         if not 0 <= self.distill_ema < 1:
@@ -98,17 +102,34 @@ class RL100Config:
 
 
 class OPEGate:
-    """Accept a candidate only when its OPE estimate beats the best accepted so far."""
+    """Accept a candidate only when its OPE estimate beats the best accepted so far.
 
-    def __init__(self, best: float = -math.inf):
-        self.best = float(best)
-        self.history: list[tuple[float, bool]] = []
+    Estimates are per-state values on one fixed set of dataset states, so a candidate is compared with the best
+    state by state: its rise is the mean of the differences and z = mean / standard error. RL-100's rule is
+    `min_z=0` (any rise); a positive `min_z` also asks the rise to be consistent across states. The
+    history keeps every offer's estimate, z and verdict."""
 
-    def offer(self, estimate: float) -> bool:
-        accepted = float(estimate) > self.best
+    def __init__(self, best: torch.Tensor, min_z: float = 0.0):
+        self.best_values = best.detach().flatten().double()
+        self.min_z = float(min_z)
+        self.history: list[dict[str, Any]] = []
+
+    @property
+    def best(self) -> float:
+        return float(self.best_values.mean())
+
+    def offer(self, values: torch.Tensor) -> bool:
+        values = values.detach().flatten().double()
+        if values.shape != self.best_values.shape:
+            raise ValueError(f"the OPE values cover {values.numel()} states, the gate's {self.best_values.numel()}")
+        diff = values - self.best_values
+        rise = float(diff.mean())
+        se = float(diff.std()) / math.sqrt(diff.numel()) if diff.numel() > 1 else 0.0
+        z = rise / se if se > 0 else math.copysign(math.inf, rise) if rise else 0.0
+        accepted = rise > 0 and z >= self.min_z
         if accepted:
-            self.best = float(estimate)
-        self.history.append((float(estimate), accepted))
+            self.best_values = values
+        self.history.append({"estimate": float(values.mean()), "rise": rise, "z": z, "accepted": accepted})
         return accepted
 
 
@@ -203,12 +224,15 @@ def fit_critics(critics: IQLCritics, data: Transitions, steps: int, batch_size: 
 
 
 @torch.no_grad()
-def ope_estimate(policy: GenerativePolicy, critics: IQLCritics, obs: dict[str, torch.Tensor], seed: int = 0) -> float:
-    """AM-Q: mean Q(s, pi(s)) of the mean-path action on the dataset states (fixed noise)."""
+def ope_values(policy: GenerativePolicy, critics: IQLCritics, obs: dict[str, torch.Tensor],
+               seed: int = 0) -> torch.Tensor:
+    """AM-Q per state: Q(s, pi(s)) of the mean-path action on the dataset states (fixed noise), (B,).
+    Their mean is the OPE estimate J(pi)."""
     b = flat_obs(obs).shape[0]
     noise = torch.randn(policy.noise_shape(b), generator=torch.Generator().manual_seed(seed))
-    chunk = policy.sample_chain(obs, noise, stochastic=False).actions
-    return float(critics.q(flat_obs(obs), executed(chunk, policy.spec)).mean())
+    with torch.no_grad():
+        chunk = policy.sample_chain(obs, noise, stochastic=False).actions
+        return critics.q(flat_obs(obs), executed(chunk, policy.spec)).flatten()
 
 
 def offline_improve(policy: GenerativePolicy, critics: IQLCritics, data: Transitions, cfg: RL100Config,
@@ -217,7 +241,7 @@ def offline_improve(policy: GenerativePolicy, critics: IQLCritics, data: Transit
     obs_all = data.tensors()[0]
     n = flat_obs(obs_all).shape[0]
     ref = copy.deepcopy(policy).requires_grad_(False)
-    gate = OPEGate(ope_estimate(ref, critics, obs_all))
+    gate = OPEGate(ope_values(ref, critics, obs_all), cfg.gate_min_z)
     opt = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=cfg.offline_lr)
     dims = float(np.prod(policy.noise_shape(1)[1:]))
     for step in range(cfg.offline_steps):
@@ -235,11 +259,11 @@ def offline_improve(policy: GenerativePolicy, critics: IQLCritics, data: Transit
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
         opt.step()
-        if (step + 1) % cfg.gate_every == 0 and gate.offer(ope_estimate(policy, critics, obs_all)):
+        if (step + 1) % cfg.gate_every == 0 and gate.offer(ope_values(policy, critics, obs_all)):
             ref.load_state_dict(policy.state_dict())
     policy.load_state_dict(ref.state_dict())
     return {"gate_best": gate.best, "gate_history": gate.history,
-            "accepted": sum(a for _, a in gate.history), "offered": len(gate.history)}
+            "accepted": sum(h["accepted"] for h in gate.history), "offered": len(gate.history)}
 
 
 def distill_consistency(teacher: DiffusionPolicy, data: Transitions, cfg: RL100Config) -> Any:
