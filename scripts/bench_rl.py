@@ -20,8 +20,8 @@ a third of --wall-s. On a 2-core machine run one method at a time (--methods dsr
 Runs launched one by one (or a control that is not one of the methods) go side by side with --collect, which
 launches nothing and pools evaluations of one checkpoint on disjoint seeds:
 
-    .venv/bin/python scripts/bench_rl.py --start <ckpt> --out runs/bench_rl/reach150 \
-        --eval-task metaworld_reach --start-eval <start eval.json>[,<more>] \
+    .venv/bin/python scripts/bench_rl.py --start <ckpt> --out runs/bench_rl/reach150 \\
+        --eval-task metaworld_reach --start-eval <start eval.json>[,<more>] \\
         --collect reinflow=<out_dir>:<eval.json> rl100=<out_dir>:<eval.json>,<eval.json>
 """
 
