@@ -8,8 +8,9 @@ sampled from pi_old at dataset states, every denoising step shares the IQL advan
 final action (normalised), ratios are per step on the per-dimension log-prob, and the clip range decays
 linearly. Every `gate_every` steps the OPE estimate
 J(pi) = mean_s Q(s, pi(s)) (the mean-path action on the dataset's states) must beat the best so far to
-replace pi_old (with `gate_min_z` > 0, by that many standard errors of the per-state differences: OPEGate); updates that do not are kept optimising against the old reference, and the iteration ends
-with the last accepted policy. Then online PPO on the same chain (robopolicy/rl/ppo.py), and for a diffusion
+replace pi_old (with `gate_min_z` > 0, by that many standard errors of the per-state differences: OPEGate);
+updates that do not are kept optimising against the old reference, and the iteration ends with the last
+accepted policy. Then online PPO on the same chain (robopolicy/rl/ppo.py), and for a diffusion
 head a one-step consistency student (policies/consistency.py) distilled from the fine-tuned teacher.
 
 Simplifications, stated: the OPE estimate is the critic's one-step AM-Q on dataset states, without the
