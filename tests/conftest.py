@@ -56,6 +56,11 @@ def pytest_configure(config):
     config.stash[_stderr_fd] = os.dup(sys.stderr.fileno())  # pytest's fd capture would swallow the dump
 
 
+def pytest_unconfigure(config):
+    if _stderr_fd in config.stash:
+        os.close(config.stash[_stderr_fd])
+
+
 def pytest_collection_modifyitems(config, items):
     """With ROBOPOLICY_TEST_SKIP_PASSED=<progress file>, deselect the tests that file records as passed."""
     path = os.environ.get("ROBOPOLICY_TEST_SKIP_PASSED")
