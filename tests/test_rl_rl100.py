@@ -204,7 +204,7 @@ def test_online_stage_evaluates_and_saves_last_and_best_on_its_cadence(monkeypat
     iterations no demos are needed, although imitation re-training is configured and the start names no store."""
     from types import SimpleNamespace
 
-    from robopolicy.rl import common, rl100
+    from robopolicy.rl import common, rl100_finetune
     from robopolicy.rl.ppo import PPOConfig
 
     torch.manual_seed(0)
@@ -226,7 +226,7 @@ def test_online_stage_evaluates_and_saves_last_and_best_on_its_cadence(monkeypat
             "online_eval_every": 2, "online_eval_episodes": 7, "eval_episodes": 11, "n_envs": 16, "in_process": True,
             "il_steps": 50, "il_demo_fraction": 0.5, "distill_steps": 0, "ppo": dict(vars(PPOConfig(n_envs=16, n_steps=2, minibatch_size=16, actor_lr=1e-3,
                                                             critic_hidden=(16,), critic_warmup_iters=0)))}
-    summary = rl100.finetune("start", {"name": "toy"}, algo, tmp_path, seed=0)
+    summary = rl100_finetune.finetune("start", {"name": "toy"}, algo, tmp_path, seed=0)
     assert evals == [11, 7, 7, 7, 11]  # before, online iterations 2, 4, 6, after
     lasts = [s for s in saved if s[0] == "last"]
     assert [s[1] for s in lasts] == ["online_2", "online_4", "online_6"]

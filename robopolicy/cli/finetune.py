@@ -19,7 +19,7 @@ from robopolicy.cli.config import config_dir
 #   finetune(checkpoint: str, task: dict, algo: dict, out_dir: pathlib.Path, seed: int) -> dict
 ALGORITHMS: dict[str, str] = {
     "reinflow": "robopolicy.rl.reinflow:finetune",
-    "rl100": "robopolicy.rl.rl100:finetune",
+    "rl100": "robopolicy.rl.rl100_finetune:finetune",
     "dsrl": "robopolicy.rl.dsrl_finetune:finetune",
     "dsrl_na": "robopolicy.rl.dsrl_finetune:finetune_na",
 }
@@ -41,7 +41,7 @@ checkpoints in the imitation format (`robopolicy eval checkpoint=<out_dir>/final
 Example:
   robopolicy finetune algo=reinflow checkpoint=data/rl_start/embedded_push_flow task=embedded_push \\
       algo.wall_budget_s=1800 out_dir=runs/finetune/push_reinflow
-  # continue that run for another 30 minutes (ReinFlow and DSRL; budgets count the whole run):
+  # continue that run for another 30 minutes (every algo; budgets count the whole run):
   robopolicy finetune algo=reinflow checkpoint=data/rl_start/embedded_push_flow task=embedded_push \\
       algo.wall_budget_s=3600 algo.resume_from=runs/finetune/push_reinflow/last out_dir=runs/finetune/push_reinflow
 """

@@ -11,7 +11,8 @@ J(pi) = mean_s Q(s, pi(s)) (the mean-path action on the dataset's states) must b
 replace pi_old (with `gate_min_z` > 0, by that many standard errors of the per-state differences: OPEGate);
 updates that do not are kept optimising against the old reference, and the iteration ends with the last
 accepted policy. Then online PPO on the same chain (robopolicy/rl/ppo.py), and for a diffusion
-head a one-step consistency student (policies/consistency.py) distilled from the fine-tuned teacher.
+head a one-step consistency student (policies/consistency.py) distilled from the fine-tuned teacher. The run
+itself (logs, checkpoints, resume) is rl/rl100_finetune.py.
 
 Simplifications, stated: the OPE estimate is the critic's one-step AM-Q on dataset states, without the
 learned dynamics ensemble of the official code; one optimizer step covers all K denoising steps of a batch
@@ -22,11 +23,9 @@ for diffusion heads, and Euler with a fixed per-step std for flow heads.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,13 +35,10 @@ from robopolicy.data.schema import key_kind
 from robopolicy.policies.base import GenerativePolicy
 from robopolicy.policies.diffusion import DiffusionPolicy
 from robopolicy.policies.flow import FlowPolicy
-from robopolicy.policies.registry import build_config
-from robopolicy.rl import common
 from robopolicy.rl.chain import step_log_probs, stored_step_log_probs
-from robopolicy.rl.curves import rate_text
-from robopolicy.rl.il_retrain import DemoBatches, SuccessfulChunks, retrain_imitation
+from robopolicy.rl.il_retrain import SuccessfulChunks
 from robopolicy.rl.iql import IQLConfig, IQLCritics
-from robopolicy.rl.ppo import PPO, PPOConfig, PPOHooks, ValueCritic
+from robopolicy.rl.ppo import PPOConfig
 
 
 @dataclass
@@ -83,6 +79,7 @@ class RL100Config:
     context: str = "spawn"
     in_process: bool = False
     num_threads: int = 1
+    resume_from: str | None = None  # <out_dir>/last of an earlier run: continue it (rl/rl100_resume.py)
 
     def validate(self) -> None:
         self.ppo.validate()
@@ -307,141 +304,3 @@ def latency_ms(policy: GenerativePolicy, obs: dict[str, torch.Tensor], calls: in
         policy.predict_chunk(one)
         times.append((time.perf_counter() - t0) * 1000)
     return float(np.median(times))
-
-
-def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_dir: Path, seed: int) -> dict:
-    """RL-100 from an imitation checkpoint: offline iterations, online PPO, CM head; see the module docstring."""
-    cfg = build_config(RL100Config, {k: v for k, v in dict(algo).items() if k != "name"}, where="algo 'rl100'")
-    cfg.validate()
-    torch.set_num_threads(cfg.num_threads)
-    common.set_seed(seed)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    start = common.load_start(checkpoint)
-    policy = start.policy
-    kwargs = make_stochastic(policy, cfg)
-    action_key = (start.config.get("task") or {}).get("action_key", "action")
-    batcher = common.ObsBatcher(policy, start.normalizer, action_key)
-    curves = common.LearningCurves(out_dir, desc="rl100")
-    t0 = time.perf_counter()
-    env_steps = 0
-
-    def evaluate(p: GenerativePolicy = policy) -> dict[str, Any]:
-        return common.evaluate_success(p, start.normalizer, task, n_episodes=cfg.eval_episodes,
-                                       n_workers=cfg.eval_workers, action_key=action_key)
-
-    def save(name: str, p: GenerativePolicy = policy, stage: str = "") -> Path:
-        step_std = p.step_std if isinstance(p, FlowPolicy) else None
-        if isinstance(p, FlowPolicy):
-            p.set_step_std(None)
-        try:
-            return common.save_finetuned(out_dir / name, p, start, {"finetune": {"algo": "rl100", "stage": stage}})
-        finally:
-            if isinstance(p, FlowPolicy):
-                p.set_step_std(step_std)
-
-    stages: dict[str, Any] = {"before": evaluate()}
-    curves.log(0, {"env_steps": 0, "wall_s": 0.0, "eval/success_rate": stages["before"]["success_rate"]})
-    data = Transitions()
-    extra_summary: dict[str, Any] = {}
-    critics: IQLCritics | None = None
-    successes = SuccessfulChunks(cfg.n_envs)
-    n_demo = round(cfg.il_batch_size * cfg.il_demo_fraction)
-    # Only the offline stage re-trains on demos; an online-only run must not need the start's task.store.
-    uses_demos = cfg.offline_iterations > 0 and cfg.il_steps > 0 and n_demo > 0
-    demos = DemoBatches(start, n_demo, seed) if uses_demos else None
-    envs = common.make_chunk_envs(task, policy.spec, cfg.n_envs, cfg.context, cfg.in_process)
-    try:
-        for it in range(cfg.offline_iterations):
-            # The offline stage runs for minutes between bar moves: name the phase it is in.
-            def phase(name: str, it: int = it) -> None:
-                curves.advance(envs.total_env_steps, stage=f"offline {it + 1}/{cfg.offline_iterations}: {name}")
-
-            phase(f"collecting {cfg.episodes_per_iteration} episodes")
-            roll = collect_episodes(policy, envs, batcher, cfg.episodes_per_iteration, seed + 1000 * it, kwargs, data,
-                                    successes)
-            env_steps = envs.total_env_steps
-            phase(f"imitation re-training, {cfg.il_steps} steps")
-            il_logs = retrain_imitation(policy, successes, demos, cfg.il_steps, cfg.il_lr, cfg.il_batch_size,
-                                        cfg.il_demo_fraction, cfg.il_ema)
-            if critics is None:
-                obs0, act0 = data.obs[0], data.actions[0]
-                critics = IQLCritics(flat_obs(obs0).shape[-1], act0.shape[-1], cfg.iql)
-            phase(f"fitting critics, {cfg.critic_steps} steps")
-            crit_logs = fit_critics(critics, data, cfg.critic_steps, cfg.batch_size)
-            phase(f"gated PPO, {cfg.offline_steps} steps")
-            gate = offline_improve(policy, critics, data, cfg, kwargs)
-            phase("evaluating")
-            ev = evaluate()
-            stages[f"offline_{it + 1}"] = {**ev, **gate, **crit_logs, **il_logs, "rollout": roll}
-            curves.log(it + 1, {"env_steps": env_steps, "wall_s": time.perf_counter() - t0,
-                                "rollout/success_rate": roll.get("success_rate", float("nan")),
-                                "rollout/success_recent": roll.get("success_recent", float("nan")),
-                                "eval/success_rate": ev["success_rate"], "offline/accepted": gate["accepted"],
-                                "offline/gate_best": gate["gate_best"], **crit_logs, **il_logs})
-            curves.message(f"[rl100] offline it {it + 1} env_steps {env_steps} rollout_recent "
-                           f"{rate_text(roll, 'success_recent')} eval {ev['success_rate']:.2f} "
-                           f"accepted {gate['accepted']}")
-        curves.advance(envs.total_env_steps, stage="online" if cfg.online_iterations > 0 else "done")
-        save("offline", stage="offline")
-        if cfg.online_iterations > 0:
-            critic = ValueCritic(policy, cfg.ppo.critic_hidden)
-            ppo = PPO(policy, critic, cfg.ppo, [{"params": [p for p in policy.parameters() if p.requires_grad]}],
-                      lambda o, c: (step_log_probs(policy, o, c, **kwargs), None), sample_kwargs=kwargs)
-            ppo.state.env_steps = env_steps
-            best = {"rate": max(float(v["success_rate"]) for v in stages.values())}
-
-            def online_eval(it: int) -> dict[str, float]:
-                if cfg.online_eval_every <= 0 or it % cfg.online_eval_every:
-                    return {}
-                s = common.evaluate_success(policy, start.normalizer, task, n_episodes=cfg.online_eval_episodes,
-                                            n_workers=cfg.eval_workers, action_key=action_key)
-                return {"eval/success_rate": s["success_rate"]}
-
-            def online_save(it: int, row: dict[str, Any]) -> None:
-                if (rate := row.get("eval/success_rate")) is None:
-                    return
-                save("last", stage=f"online_{it}")
-                if rate > best["rate"]:
-                    best.update(rate=rate, path=save("best", stage=f"online_{it}"), iteration=it)
-                curves.plot(title=f"RL-100 on {common.task_label(task)}")
-
-            def online_log(it: int, row: dict[str, Any]) -> None:
-                row = {**row, "wall_s": time.perf_counter() - t0}
-                curves.log(cfg.offline_iterations + it, row)
-                curves.message(f"[rl100] online it {it} env_steps {row['env_steps']} wall {row['wall_s']:.0f}s "
-                               f"rollout_recent {rate_text(row)} "
-                               f"eval {row.get('eval/success_rate', '-')} kl {row.get('ppo/approx_kl', float('nan')):.4f}")
-
-            curves.start_wall_budget(cfg.online_wall_budget_s)
-            ppo.run(envs, batcher, seed + 10_000, cfg.online_iterations, cfg.online_wall_budget_s,
-                    PPOHooks(evaluate=online_eval, save=online_save), online_log)
-            env_steps = ppo.state.env_steps
-            stages["online"] = evaluate()
-            if "path" in best:
-                extra_summary.update(best_checkpoint=str(best["path"]), best_online_iteration=best["iteration"],
-                                     best_eval_success=best["rate"])
-    finally:
-        envs.close()
-    train_wall = time.perf_counter() - t0
-    final = save("final", stage="online" if cfg.online_iterations > 0 else "offline")
-    after = stages.get("online") or stages.get(f"offline_{cfg.offline_iterations}") or evaluate()
-    curves.log(cfg.offline_iterations + cfg.online_iterations + 1,
-               {"env_steps": env_steps, "wall_s": train_wall, "eval/success_rate": after["success_rate"], "final": 1})
-    extra: dict[str, Any] = {}
-    if isinstance(policy, DiffusionPolicy) and cfg.distill_steps > 0 and data.obs:
-        student = distill_consistency(policy, data, cfg)
-        student_eval = evaluate(student)
-        cm_path = common.save_finetuned(out_dir / "cm", student, start, {"finetune": {"algo": "rl100", "stage": "cm"}},
-                                        extra_config={"policy": {"name": "consistency", "config": asdict(student.cfg)}})
-        obs = data.tensors()[0]
-        extra = {"cm_checkpoint": str(cm_path), "cm_success": student_eval["success_rate"],
-                 "cm_latency_ms": latency_ms(student, obs), "teacher_latency_ms": latency_ms(policy, obs)}
-    curves.plot(title=f"RL-100 on {common.task_label(task)}")
-    curves.close()
-    summary = common.finetune_summary(algo="rl100", start_path=checkpoint, before=stages["before"], after=after,
-                                      env_steps=env_steps, wall_s=train_wall, final_checkpoint=final, seed=seed,
-                                      stages={k: v.get("success_rate") for k, v in stages.items()}, **extra,
-                                      **extra_summary)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    return summary
