@@ -69,6 +69,10 @@ def test_resume_continues_offline_then_online_stage(rl100_run, tmp_path):
     second = rl100_run(out, offline_iterations=2, online_iterations=4, resume_from=str(out / "last"))
     assert set(second["stages"]) == {"before", "offline_1", "offline_2", "online"}
     assert second["stages"]["offline_1"] == first["stages"]["offline_1"]  # kept, not redone
+    # every iteration's gate offers (20 PPO steps, gate every 10) reach summary.json, the resumed run's too
+    assert second["gate_history"]["offline_1"] == first["gate_history"]["offline_1"]
+    assert [len(second["gate_history"][k]) for k in ("offline_1", "offline_2")] == [2, 2]
+    assert {"estimate", "rise", "z", "accepted"} <= set(second["gate_history"]["offline_2"][0])
     state = _state(out)
     assert state["progress"]["offline_done"] == 2 and state["online"]["ppo"]["counters"]["iteration"] == 4
     assert len(state["data"]["actions"]) > n_steps_1  # the first iteration's transitions were kept
