@@ -148,10 +148,10 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
                                 "rollout/success_recent": roll.get("success_recent", float("nan")),
                                 "eval/success_rate": ev["success_rate"], "offline/accepted": gate["accepted"],
                                 "offline/gate_best": gate["gate_best"], **crit_logs, **il_logs})
-            offers = ", ".join(f"{'+' if h['accepted'] else '-'}{h['z']:.1f}" for h in gate["gate_history"])
+            offers = ", ".join(f"{h['z']:+.1f} {'yes' if h['accepted'] else 'no'}" for h in gate["gate_history"])
             curves.message(f"[rl100] offline it {it + 1} env_steps {progress.env_steps} rollout_recent "
                            f"{rate_text(roll, 'success_recent')} eval {ev['success_rate']:.2f} "
-                           f"accepted {gate['accepted']}/{gate['offered']} (z of each offer: {offers or '-'})")
+                           f"accepted {gate['accepted']}/{gate['offered']} (z and verdict of each offer: {offers or '-'})")
             save("last", stage=f"offline_{it + 1}", with_state=True)
         curves.advance(progress.env_steps, stage="online" if cfg.online_iterations > 0 else "done")
         if not online_started:
