@@ -45,6 +45,26 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def open_resume(path: str | Path, state_file: str, algo: str, kept_elsewhere: str
+                ) -> tuple[ckpt.LoadedCheckpoint, dict[str, Any]]:
+    """The checkpoint at `algo.resume_from=path` and its `state_file` (our own torch.save: RNG states inside).
+    Raises with the fix when `path` holds no state (`kept_elsewhere` says which directories keep only weights)
+    or was written by another algo."""
+    path = Path(path)
+    if not (path / state_file).is_file():
+        raise ValueError(f"algo.resume_from={path} holds no {state_file}: give the last/ directory of an earlier "
+                         f"`robopolicy finetune algo={algo}` run ({kept_elsewhere})")
+    try:
+        saved = ckpt.load_checkpoint(path)
+    except ckpt.CheckpointError as e:
+        raise ValueError(f"algo.resume_from={path}: {e}") from None
+    written_by = (saved.meta.get("finetune") or {}).get("algo")
+    if written_by != algo:
+        raise ValueError(f"algo.resume_from={path} was written by algo={written_by}, not {algo}: resume it with "
+                         f"algo={written_by}")
+    return saved, torch.load(path / state_file, map_location="cpu", weights_only=False)
+
+
 def load_start(path: str | Path, device: str = "cpu") -> ckpt.LoadedCheckpoint:
     """The imitation checkpoint to fine-tune; raises with the fix when it is missing or not generative."""
     try:

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from robopolicy.rl import common
 from robopolicy.rl.dsrl import DSRLLearner, TrainProgress
-from robopolicy.train import checkpoint as ckpt
 
 STATE_FILE = "dsrl_state.pt"
 
@@ -48,23 +48,11 @@ def resume_training(path: str | Path, learner: DSRLLearner, algo_name: str, base
 
     Returns the saved state (for its best_rate). Raises with the fix when `path` is not the last/ checkpoint
     of a run of the same variant from the same base head, or was written with other network sizes."""
-    path = Path(path)
-    state_file = path / STATE_FILE
-    if not state_file.is_file():
-        raise ValueError(f"algo.resume_from={path} holds no {STATE_FILE}: give the last/ directory of an earlier "
-                         f"`robopolicy finetune algo={algo_name}` run (best/ keeps only the noise actor)")
-    try:
-        saved = ckpt.load_checkpoint(path)
-    except ckpt.CheckpointError as e:
-        raise ValueError(f"algo.resume_from={path}: {e}") from None
+    saved, state = common.open_resume(path, STATE_FILE, algo_name, "best/ keeps only the noise actor")
     meta = saved.meta.get("finetune") or {}
-    if meta.get("algo") != algo_name:
-        raise ValueError(f"algo.resume_from={path} was written by algo={meta.get('algo')}, not {algo_name}: "
-                         f"resume it with algo={meta.get('algo')}")
     if meta.get("base_parameter_hash") != base_hash:
         raise ValueError(f"algo.resume_from={path} steers another base head than checkpoint= gives (parameter "
                          "hashes differ): pass the checkpoint that run started from")
-    state = torch.load(state_file, map_location="cpu", weights_only=False)  # our own file: numpy RNG state inside
     try:
         learner.policy.actor.load_state_dict(saved.policy.actor.state_dict())
         for name, module in _modules(learner).items():

@@ -41,7 +41,6 @@ from robopolicy.rl import common
 from robopolicy.rl.chain import gaussian_entropy
 from robopolicy.rl.curves import rate_text
 from robopolicy.rl.ppo import PPO, PPOConfig, PPOHooks, ValueCritic
-from robopolicy.train import checkpoint as ckpt
 
 
 class NoiseNet(nn.Module):
@@ -196,19 +195,7 @@ def resume_training(path: str | Path, policy: FlowPolicy, noise_net: NoiseNet, c
 
     Returns the saved state (for its best_rate). Raises with the fix when `path` is not a ReinFlow checkpoint
     or was fine-tuned from a head of another shape."""
-    path = Path(path)
-    state_file = path / "reinflow_state.pt"
-    if not state_file.is_file():
-        raise ValueError(f"algo.resume_from={path} holds no reinflow_state.pt: give the last/ (or final/) "
-                         "directory of an earlier `robopolicy finetune algo=reinflow` run")
-    try:
-        saved = ckpt.load_checkpoint(path)
-    except ckpt.CheckpointError as e:
-        raise ValueError(f"algo.resume_from={path}: {e}") from None
-    if saved.meta.get("finetune", {}).get("algo") != "reinflow":
-        raise ValueError(f"algo.resume_from={path} is not a ReinFlow checkpoint (its meta says "
-                         f"{saved.meta.get('finetune')})")
-    state = torch.load(state_file, map_location="cpu", weights_only=False)  # our own file: numpy RNG state inside
+    saved, state = common.open_resume(path, "reinflow_state.pt", "reinflow", "its final/ and best/ hold one too")
     policy.set_step_std(None)
     try:
         policy.load_state_dict(saved.policy.state_dict())

@@ -22,10 +22,10 @@ import torch
 
 from robopolicy.policies.base import GenerativePolicy
 from robopolicy.policies.flow import FlowPolicy
+from robopolicy.rl import common
 from robopolicy.rl.il_retrain import SuccessfulChunks
 from robopolicy.rl.iql import IQLCritics
 from robopolicy.rl.ppo import PPO, ValueCritic
-from robopolicy.train import checkpoint as ckpt
 
 STATE_FILE = "rl100_state.pt"
 
@@ -61,19 +61,7 @@ def training_state(progress: RunProgress, data: Any, successes: SuccessfulChunks
 def load_state(path: str | Path, policy: GenerativePolicy) -> dict[str, Any]:
     """Check that `path` is the last/ checkpoint of an RL-100 run, load its weights into `policy` and return
     rl100_state.pt's contents (the caller restores the pieces it has built: `restore_*`)."""
-    path = Path(path)
-    state_file = path / STATE_FILE
-    if not state_file.is_file():
-        raise ValueError(f"algo.resume_from={path} holds no {STATE_FILE}: give the last/ directory of an earlier "
-                         "`robopolicy finetune algo=rl100` run (offline/, best/ and final/ keep only the policy)")
-    try:
-        saved = ckpt.load_checkpoint(path)
-    except ckpt.CheckpointError as e:
-        raise ValueError(f"algo.resume_from={path}: {e}") from None
-    meta = saved.meta.get("finetune") or {}
-    if meta.get("algo") != "rl100":
-        raise ValueError(f"algo.resume_from={path} was written by algo={meta.get('algo')}, not rl100: resume it "
-                         f"with algo={meta.get('algo')}")
+    saved, state = common.open_resume(path, STATE_FILE, "rl100", "offline/, best/ and final/ keep only the policy")
     step_std = policy.step_std if isinstance(policy, FlowPolicy) else None
     if isinstance(policy, FlowPolicy):
         policy.set_step_std(None)  # the checkpoint holds exactly the head's weights
@@ -85,7 +73,7 @@ def load_state(path: str | Path, policy: GenerativePolicy) -> dict[str, Any]:
     finally:
         if isinstance(policy, FlowPolicy):
             policy.set_step_std(step_std)
-    return torch.load(state_file, map_location="cpu", weights_only=False)  # our own file: numpy RNG state inside
+    return state
 
 
 def restore_progress(state: dict[str, Any], offline_iterations: int) -> RunProgress:
