@@ -45,6 +45,16 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def begin_run(checkpoint: str | Path, out_dir: str | Path, seed: int, num_threads: int
+              ) -> tuple[Path, ckpt.LoadedCheckpoint]:
+    """What every finetune(...) does first: torch threads, seeds, out_dir created, the start checkpoint loaded."""
+    torch.set_num_threads(num_threads)
+    set_seed(seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir, load_start(checkpoint)
+
+
 def open_resume(path: str | Path, state_file: str, algo: str, kept_elsewhere: str
                 ) -> tuple[ckpt.LoadedCheckpoint, dict[str, Any]]:
     """The checkpoint at `algo.resume_from=path` and its `state_file` (our own torch.save: RNG states inside).

@@ -40,10 +40,7 @@ def run_finetune(checkpoint: str, task: dict, algo: dict, out_dir: Path, seed: i
 
     name = "dsrl" if variant == "sac" else "dsrl_na"
     cfg = build_config(DSRLConfig, algo, where=f"algo '{name}'")
-    torch.set_num_threads(cfg.num_threads)
-    common.set_seed(seed)
-    out_dir = Path(out_dir)
-    start = common.load_start(checkpoint)
+    out_dir, start = common.begin_run(checkpoint, out_dir, seed, cfg.num_threads)
     base = start.policy
     if cfg.target_clip == "auto":
         cfg = dataclasses.replace(cfg, target_clip=task_return_bounds(task, base.spec.n_action_steps, cfg.gamma))

@@ -226,11 +226,7 @@ def build_config_from(algo: dict[str, Any]) -> ReinFlowConfig:
 def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_dir: Path, seed: int) -> dict:
     """ReinFlow from an imitation flow checkpoint on `task`; writes out_dir/{last,final}, curves, summary.json."""
     cfg = build_config_from(algo)
-    torch.set_num_threads(cfg.num_threads)
-    common.set_seed(seed)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    start = common.load_start(checkpoint)
+    out_dir, start = common.begin_run(checkpoint, out_dir, seed, cfg.num_threads)
     policy = start.policy
     noise_net = attach_noise_net(policy, cfg)  # type: ignore[arg-type]
     critic = ValueCritic(policy, cfg.ppo.critic_hidden)

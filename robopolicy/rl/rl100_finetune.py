@@ -42,11 +42,7 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
     """RL-100 from an imitation checkpoint: offline iterations, online PPO, CM head (rl/rl100.py's docstring)."""
     cfg = build_config(RL100Config, {k: v for k, v in dict(algo).items() if k != "name"}, where="algo 'rl100'")
     cfg.validate()
-    torch.set_num_threads(cfg.num_threads)
-    common.set_seed(seed)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    start = common.load_start(checkpoint)
+    out_dir, start = common.begin_run(checkpoint, out_dir, seed, cfg.num_threads)
     policy = start.policy
     kwargs = make_stochastic(policy, cfg)
     action_key = (start.config.get("task") or {}).get("action_key", "action")
