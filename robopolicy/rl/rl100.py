@@ -5,8 +5,8 @@ dataset), re-train the policy by imitation on its demos and the successful rollo
 RL-100's Algorithm 1 re-trains the IL policy on the merged data every iteration), fit IQL critics
 (robopolicy/rl/iql.py), then PPO on the denoising chain against the frozen reference pi_old: chains are
 sampled from pi_old at dataset states, every denoising step shares the IQL advantage A = Q(s, a) - V(s) of the
-final action (normalised), ratios are per step on the step's log-prob summed over the chunk (as RL-100's
-code; `offline_logprob_per_dim` takes the per-dimension mean instead), and the clip range decays linearly.
+final action (normalised), ratios are per step on the step's log-prob per dimension (`offline_logprob_per_dim`
+=false: summed over the chunk, as RL-100's code), and the clip range decays linearly.
 Every `gate_every` steps the OPE estimate J(pi) = mean_s Q(s, pi(s)) (the mean-path action on the dataset's
 states) must beat the best so far to replace pi_old (with `gate_min_z` > 0, by that many standard errors of
 the per-state differences: OPEGate); updates that do not are kept optimising against the old reference, and
@@ -63,8 +63,8 @@ class RL100Config:
     offline_steps: int = 200  # PPO steps per offline iteration
     offline_lr: float = 1e-5
     offline_clip: float = 0.25  # decayed linearly to 0 over the offline steps
-    offline_logprob_per_dim: bool = False  # False: the ratio of the step log-prob summed over the chunk, as RL-100's
-                                           # code; True: of its mean per dimension (clip then bounds far less)
+    offline_logprob_per_dim: bool = True  # True: the ratio of the step log-prob's mean per dimension; False: of
+                                          # its sum over the chunk, as RL-100's code (worse on Lift: 46 vs 68/100)
     gate_every: int = 50
     gate_min_z: float = 0.0  # 0: RL-100's gate (any rise of the OPE estimate); > 0: the rise, state by state,
                              # must also be this many standard errors (OPEGate)
@@ -243,7 +243,8 @@ def offline_improve(policy: GenerativePolicy, critics: IQLCritics, data: Transit
     ref = copy.deepcopy(policy).requires_grad_(False)
     gate = OPEGate(ope_values(ref, critics, obs_all), cfg.gate_min_z)
     opt = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=cfg.offline_lr)
-    # A clip of eps on the per-dimension ratio lets the summed log-prob move by eps x dims: no trust region
+    # A clip of eps on the per-dimension ratio lets the summed log-prob move by eps x dims (a loose trust region);
+    # on Lift the summed ratio's tighter one did worse (docs/results.md, stop 33)
     dims = float(np.prod(policy.noise_shape(1)[1:])) if cfg.offline_logprob_per_dim else 1.0
     for step in range(cfg.offline_steps):
         idx = torch.randint(0, n, (min(cfg.batch_size, n),))
