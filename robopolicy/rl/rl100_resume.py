@@ -77,7 +77,8 @@ def load_state(path: str | Path, policy: GenerativePolicy) -> dict[str, Any]:
 
 
 def restore_progress(state: dict[str, Any], offline_iterations: int) -> RunProgress:
-    """The saved RunProgress; refuses a run whose online stage began when fewer offline iterations are asked."""
+    """The saved RunProgress; refuses an `offline_iterations` below the finished ones, or different from them once
+    the online stage has begun."""
     progress = RunProgress(**state["progress"])
     if state["online"] is not None and offline_iterations != progress.offline_done:
         raise ValueError(f"algo.resume_from: that run finished its {progress.offline_done} offline iterations and "
