@@ -163,6 +163,34 @@ def test_gated_offline_stage_moves_mass_to_the_rewarded_mode():
     assert on_mode > 0.8, on_mode  # within the data's support: near a demonstrated mode
 
 
+def test_summed_offline_ratio_bounds_the_step_more_tightly():
+    """`offline_logprob_per_dim=false` (RL-100's summed ratio): the clip holds the same PPO steps to a smaller move
+    of the policy than the per-dimension ratio, whose clip bounds the summed log-prob dims times less."""
+    import copy
+
+    torch.manual_seed(0)
+    base = pretrained_bimodal_flow(steps=200)
+    cfg = RL100Config(num_inference_steps=4, flow_std=0.1, iql=IQLConfig(hidden=(32, 32), lr=3e-3),
+                      offline_steps=40, offline_lr=1e-4, gate_every=40, batch_size=64)
+    kwargs = make_stochastic(base, cfg)
+    data = Transitions()
+    collect_episodes(base, bandit_envs(16), IdentityBatcher(), 64, 0, kwargs, data)
+    critics = IQLCritics(flat_obs(data.obs[0]).shape[-1], data.actions[0].shape[-1], cfg.iql)
+    fit_critics(critics, data, steps=200, batch_size=64)
+    obs = data.tensors()[0]
+    noise = torch.randn(base.noise_shape(len(obs["state"])), generator=torch.Generator().manual_seed(3))
+    moves = {}
+    for per_dim in (True, False):
+        policy = copy.deepcopy(base)
+        before = policy.predict_chunk(obs, noise).detach()
+        torch.manual_seed(1)  # the same minibatches and chains for both rules
+        offline_improve(policy, critics, data, RL100Config(**{**vars(cfg), "offline_logprob_per_dim": per_dim}),
+                        kwargs)
+        moves[per_dim] = float((policy.predict_chunk(obs, noise).detach() - before).abs().mean())
+    assert moves[True] > 0 and moves[False] > 0  # the single offer at step 40 was accepted under both rules
+    assert moves[False] < 0.25 * moves[True], moves  # seed 0 measured: 0.0084 vs 0.15 mean |change| per action
+
+
 def test_imitation_retraining_on_successful_rollouts_moves_mass_to_the_rewarded_mode():
     """RL-100's per-iteration IL re-training: only the chunks of successful episodes are kept and imitated."""
     torch.manual_seed(0)
