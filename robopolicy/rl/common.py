@@ -16,10 +16,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import torch
 
 from robopolicy.data.normalizer import NormalizerSet
 from robopolicy.policies.base import GenerativePolicy, Policy, PolicySpec
+from robopolicy.policies.flow import FlowPolicy
 from robopolicy.policy_agent import PolicyAgent
 from robopolicy.rl.curves import LearningCurves, plot_curves
 from robopolicy.rl.rollout import ChunkEnvFn, ChunkVectorEnv
@@ -43,6 +45,21 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def bare_head(policy: Policy) -> Iterator[Policy]:
+    """Within: a flow head without its chain noise (ReinFlow's noise net, RL-100's fixed stds), so that its
+    weights are exactly an imitation head's (for saving and loading checkpoints); the noise is put back after."""
+    if not isinstance(policy, FlowPolicy):
+        yield policy
+        return
+    step_std = policy.step_std
+    policy.set_step_std(None)
+    try:
+        yield policy
+    finally:
+        policy.set_step_std(step_std)
 
 
 def begin_run(checkpoint: str | Path, out_dir: str | Path, seed: int, num_threads: int

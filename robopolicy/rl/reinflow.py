@@ -196,16 +196,14 @@ def resume_training(path: str | Path, policy: FlowPolicy, noise_net: NoiseNet, c
     Returns the saved state (for its best_rate). Raises with the fix when `path` is not a ReinFlow checkpoint
     or was fine-tuned from a head of another shape."""
     saved, state = common.open_resume(path, "reinflow_state.pt", "reinflow", "its final/ and best/ hold one too")
-    policy.set_step_std(None)
     try:
-        policy.load_state_dict(saved.policy.state_dict())
+        with common.bare_head(policy):
+            policy.load_state_dict(saved.policy.state_dict())
         noise_net.load_state_dict(state["noise_net"])
         critic.load_state_dict(state["critic"])
     except RuntimeError as e:
         raise ValueError(f"algo.resume_from={path} does not fit this run (a different start, K or critic size?): "
                          f"{str(e).splitlines()[0]}") from None
-    finally:
-        policy.set_step_std(noise_net)
     if "ppo" in state:
         ppo.load_training_state(state["ppo"])
     else:  # written before resume existed: counters only, Adam's moments start afresh
@@ -252,16 +250,13 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
     def save(name: str) -> Path:
         def extra(directory: Path) -> None:
             torch.save(training_state(noise_net, critic, ppo, best["rate"]), directory / "reinflow_state.pt")
-        policy.set_step_std(None)  # the checkpoint holds exactly a FlowPolicy's weights
-        try:
+        with common.bare_head(policy):  # the checkpoint holds exactly a FlowPolicy's weights
             return common.save_finetuned(
                 out_dir / name, policy, start,
                 {"finetune": {"algo": "reinflow", "iteration": ppo.state.iteration, "env_steps": ppo.state.env_steps,
                               "sampler": "deterministic Euler mean path (ReinFlow's evaluation); the noise net "
                                          "is in reinflow_state.pt"}},
                 extra_files=extra)
-        finally:
-            policy.set_step_std(noise_net)
 
     before_file = out_dir / "eval_before.json"
     if saved is not None and before_file.is_file():  # resumed in the same out_dir: the start was evaluated

@@ -17,7 +17,6 @@ import torch
 
 from robopolicy.policies.base import GenerativePolicy
 from robopolicy.policies.diffusion import DiffusionPolicy
-from robopolicy.policies.flow import FlowPolicy
 from robopolicy.policies.registry import build_config
 from robopolicy.rl import common, rl100_resume
 from robopolicy.rl.chain import step_log_probs
@@ -91,15 +90,9 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
             torch.save(rl100_resume.training_state(progress, data, successes, critics, online),
                        directory / rl100_resume.STATE_FILE)
 
-        step_std = policy.step_std if isinstance(policy, FlowPolicy) else None
-        if isinstance(policy, FlowPolicy):
-            policy.set_step_std(None)  # the checkpoint holds exactly the head's weights
-        try:
+        with common.bare_head(policy):  # the checkpoint holds exactly the head's weights
             return common.save_finetuned(out_dir / name, policy, start, {"finetune": {"algo": "rl100", "stage": stage}},
                                          extra_files=state if with_state else None)
-        finally:
-            if isinstance(policy, FlowPolicy):
-                policy.set_step_std(step_std)
 
     if saved is None:
         stages["before"] = evaluate()

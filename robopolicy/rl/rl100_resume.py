@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from robopolicy.policies.base import GenerativePolicy
-from robopolicy.policies.flow import FlowPolicy
 from robopolicy.rl import common
 from robopolicy.rl.il_retrain import SuccessfulChunks
 from robopolicy.rl.iql import IQLCritics
@@ -62,17 +61,12 @@ def load_state(path: str | Path, policy: GenerativePolicy) -> dict[str, Any]:
     """Check that `path` is the last/ checkpoint of an RL-100 run, load its weights into `policy` and return
     rl100_state.pt's contents (the caller restores the pieces it has built: `restore_*`)."""
     saved, state = common.open_resume(path, STATE_FILE, "rl100", "offline/, best/ and final/ keep only the policy")
-    step_std = policy.step_std if isinstance(policy, FlowPolicy) else None
-    if isinstance(policy, FlowPolicy):
-        policy.set_step_std(None)  # the checkpoint holds exactly the head's weights
     try:
-        policy.load_state_dict(saved.policy.state_dict())
+        with common.bare_head(policy):  # the checkpoint holds exactly the head's weights
+            policy.load_state_dict(saved.policy.state_dict())
     except RuntimeError as e:
         raise ValueError(f"algo.resume_from={path} does not fit checkpoint= (another head or size?): "
                          f"{str(e).splitlines()[0]}") from None
-    finally:
-        if isinstance(policy, FlowPolicy):
-            policy.set_step_std(step_std)
     return state
 
 
