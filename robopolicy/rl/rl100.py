@@ -14,8 +14,10 @@ the iteration ends with the last accepted policy. Then online PPO on the same ch
 and for a diffusion head a one-step consistency student (policies/consistency.py) distilled from the
 fine-tuned teacher. The run itself (logs, checkpoints, resume) is rl/rl100_finetune.py.
 
-Simplifications, stated: the OPE estimate is the critic's one-step AM-Q on dataset states, without the
-learned dynamics ensemble of the official code; one optimizer step covers all K denoising steps of a batch
+The OPE estimate: with `ope_horizon` = 0 the critic's one-step AM-Q on dataset states, Q(s, pi(s)); with
+`ope_horizon` = H > 0 (RL-100's gate) the H-chunk return of the candidate in a learned dynamics ensemble refitted
+every iteration, bootstrapped with Q (rl/dynamics.py). Simplification, stated: one optimizer step covers all K
+denoising steps of a batch
 (the official code takes one per step). The chain is stochastic DDIM (eta, stds clipped below at min_std)
 for diffusion heads, and Euler with a fixed per-step std for flow heads.
 """
@@ -36,6 +38,7 @@ from robopolicy.policies.base import GenerativePolicy
 from robopolicy.policies.diffusion import DiffusionPolicy
 from robopolicy.policies.flow import FlowPolicy
 from robopolicy.rl.chain import step_log_probs, stored_step_log_probs
+from robopolicy.rl.dynamics import ChunkDynamics, DynamicsConfig, ObsLayout
 from robopolicy.rl.il_retrain import SuccessfulChunks
 from robopolicy.rl.iql import IQLConfig, IQLCritics
 from robopolicy.rl.ppo import PPOConfig
@@ -66,6 +69,10 @@ class RL100Config:
     offline_logprob_per_dim: bool = True  # True: the ratio of the step log-prob's mean per dimension; False: of
                                           # its sum over the chunk, as RL-100's code (worse on Lift: 46 vs 68/100)
     gate_every: int = 50
+    ope_horizon: int = 0  # 0: the gate's estimate is Q(s, pi(s)) on dataset states; H > 0: the candidate's H-chunk
+                          # return in the learned dynamics ensemble, bootstrapped with Q (RL-100's OPE)
+    ope_states: int = 0  # dataset states the estimate starts from: a fixed random subset of this many; 0: all
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     gate_min_z: float = 0.0  # 0: RL-100's gate (any rise of the OPE estimate); > 0: the rise, state by state,
                              # must also be this many standard errors (OPEGate)
     online_iterations: int = 0
@@ -93,6 +100,10 @@ class RL100Config:
             raise ValueError("need il_steps >= 0, il_batch_size >= 2 and 0 <= il_demo_fraction <= 1")
         if not 0 <= self.il_ema < 1:
             raise ValueError(f"il_ema must be in [0, 1), got {self.il_ema}")
+        if self.ope_horizon < 0 or self.ope_states < 0:
+            raise ValueError(f"need ope_horizon >= 0 and ope_states >= 0, got {self.ope_horizon}, {self.ope_states}")
+        if self.ope_horizon > 0:
+            self.dynamics.validate()
         if self.gate_min_z < 0:
             raise ValueError(f"gate_min_z must be >= 0 (0 is RL-100's gate), got {self.gate_min_z}")
         if self.online_eval_every < 0 or self.online_eval_episodes < 1:
@@ -224,24 +235,63 @@ def fit_critics(critics: IQLCritics, data: Transitions, steps: int, batch_size: 
 
 
 @torch.no_grad()
-def ope_values(policy: GenerativePolicy, critics: IQLCritics, obs: dict[str, torch.Tensor],
-               seed: int = 0) -> torch.Tensor:
-    """AM-Q per state: Q(s, pi(s)) of the mean-path action on the dataset states (fixed noise), (B,).
-    Their mean is the OPE estimate J(pi)."""
-    b = flat_obs(obs).shape[0]
-    noise = torch.randn(policy.noise_shape(b), generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        chunk = policy.sample_chain(obs, noise, stochastic=False).actions
-        return critics.q(flat_obs(obs), executed(chunk, policy.spec)).flatten()
+def ope_values(policy: GenerativePolicy, critics: IQLCritics, obs: dict[str, torch.Tensor], seed: int = 0,
+               dynamics: ChunkDynamics | None = None, horizon: int = 0) -> torch.Tensor:
+    """The gate's estimate per start state, (B,); their mean is J(pi). Every action is the mean-path chunk from
+    noise fixed by `seed`. horizon 0: AM-Q on the given states, Q(s, pi(s)). horizon H > 0: the H-chunk return in
+    `dynamics` (mean of its elites) bootstrapped with Q at the last imagined state (rl/dynamics.py)."""
+    if horizon > 0 and dynamics is None:
+        raise ValueError("an OPE horizon > 0 needs a fitted dynamics model")
+    g = torch.Generator().manual_seed(seed)
+    s = flat_obs(obs)
+    layout = ObsLayout(obs, sorted(k for k in obs if k != "language"))
+    carried = {k: v for k, v in obs.items() if k == "language"}
+    value, alive, gamma = torch.zeros(s.shape[0]), torch.ones(s.shape[0]), critics.cfg.gamma
+    for h in range(horizon + 1):
+        noise = torch.randn(policy.noise_shape(s.shape[0]), generator=g)
+        act = executed(policy.sample_chain(layout.unflatten(s, carried), noise, stochastic=False).actions, policy.spec)
+        if h == horizon:
+            return value + gamma ** h * alive * critics.q(s, act)
+        s, reward, p_done = dynamics.predict(s, act)
+        value += gamma ** h * alive * reward
+        alive = alive * (1.0 - p_done)
+    raise AssertionError("unreachable")
+
+
+def ope_start_states(data: Transitions, cfg: RL100Config, seed: int) -> dict[str, torch.Tensor]:
+    """A fixed random subset of `ope_states` dataset states (all when 0 or fewer are recorded)."""
+    obs = data.tensors()[0]
+    n = flat_obs(obs).shape[0]
+    if cfg.ope_states == 0 or n <= cfg.ope_states:
+        return obs
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:cfg.ope_states]
+    return {k: v[idx] for k, v in obs.items()}
+
+
+def fit_dynamics(data: Transitions, cfg: RL100Config, seed: int) -> tuple[ChunkDynamics, dict[str, float]]:
+    """A fresh dynamics ensemble on every transition so far (RL-100 refits its OPE model each iteration)."""
+    obs, act, rew, nxt, done = data.tensors()
+    s = flat_obs(obs)
+    with torch.random.fork_rng():  # leave the run's RNG stream (PPO's minibatches) as it would be without the model
+        torch.manual_seed(seed)
+        model = ChunkDynamics(s.shape[-1], act.shape[-1], cfg.dynamics)
+        logs = model.fit(s, act, rew.float(), flat_obs(nxt), done.float(), seed=seed)
+    return model, logs
 
 
 def offline_improve(policy: GenerativePolicy, critics: IQLCritics, data: Transitions, cfg: RL100Config,
-                    kwargs: dict[str, Any]) -> dict[str, Any]:
-    """OPE-gated PPO on the denoising chain against the frozen reference; leaves `policy` = last accepted."""
+                    kwargs: dict[str, Any], dynamics: ChunkDynamics | None = None, seed: int = 0) -> dict[str, Any]:
+    """OPE-gated PPO on the denoising chain against the frozen reference; leaves `policy` = last accepted.
+    With `cfg.ope_horizon` > 0 the gate's estimate rolls `dynamics` (fit_dynamics)."""
     obs_all = data.tensors()[0]
     n = flat_obs(obs_all).shape[0]
     ref = copy.deepcopy(policy).requires_grad_(False)
-    gate = OPEGate(ope_values(ref, critics, obs_all), cfg.gate_min_z)
+    starts = ope_start_states(data, cfg, seed)
+
+    def estimate(p: GenerativePolicy) -> torch.Tensor:
+        return ope_values(p, critics, starts, seed, dynamics, cfg.ope_horizon)
+
+    gate = OPEGate(estimate(ref), cfg.gate_min_z)
     opt = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=cfg.offline_lr)
     # A clip of eps on the per-dimension ratio lets the summed log-prob move by eps x dims (a loose trust region);
     # on Lift the summed ratio's tighter one did worse (docs/results.md, stop 33)
@@ -261,7 +311,7 @@ def offline_improve(policy: GenerativePolicy, critics: IQLCritics, data: Transit
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
         opt.step()
-        if (step + 1) % cfg.gate_every == 0 and gate.offer(ope_values(policy, critics, obs_all)):
+        if (step + 1) % cfg.gate_every == 0 and gate.offer(estimate(policy)):
             ref.load_state_dict(policy.state_dict())
     policy.load_state_dict(ref.state_dict())
     return {"gate_best": gate.best, "gate_history": gate.history,

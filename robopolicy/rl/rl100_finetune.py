@@ -30,6 +30,7 @@ from robopolicy.rl.rl100 import (
     collect_episodes,
     distill_consistency,
     fit_critics,
+    fit_dynamics,
     flat_obs,
     latency_ms,
     make_stochastic,
@@ -126,8 +127,13 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
                 critics = IQLCritics(flat_obs(data.obs[0]).shape[-1], data.actions[0].shape[-1], cfg.iql)
             phase(f"fitting critics, {cfg.critic_steps} steps")
             crit_logs = fit_critics(critics, data, cfg.critic_steps, cfg.batch_size)
+            dynamics = None
+            if cfg.ope_horizon > 0 and cfg.offline_steps > 0:
+                phase(f"fitting the OPE dynamics, {cfg.dynamics.steps} steps")
+                dynamics, dyn_logs = fit_dynamics(data, cfg, seed + it)
+                crit_logs.update(dyn_logs)
             phase(f"gated PPO, {cfg.offline_steps} steps")
-            gate = offline_improve(policy, critics, data, cfg, kwargs)
+            gate = offline_improve(policy, critics, data, cfg, kwargs, dynamics)
             phase("evaluating")
             ev = evaluate()
             stages[f"offline_{it + 1}"] = {**ev, **gate, **crit_logs, **il_logs, "rollout": roll}
