@@ -142,7 +142,8 @@ def test_gated_offline_stage_moves_mass_to_the_rewarded_mode():
     policy = pretrained_bimodal_flow(steps=200)
     mass_before, _ = mode_stats(policy)
     cfg = RL100Config(num_inference_steps=4, flow_std=0.1, iql=IQLConfig(hidden=(32, 32), lr=3e-3),
-                      offline_steps=120, offline_lr=1e-4, offline_clip=0.25, gate_every=20, batch_size=64)
+                      offline_steps=120, offline_lr=1e-4, offline_clip=0.25, gate_every=20, batch_size=64,
+                      ope_horizon=0)  # the critic-only estimate; the model's: tests/test_rl_dynamics.py
     kwargs = make_stochastic(policy, cfg)
     data = Transitions()
     collect_episodes(policy, bandit_envs(16), IdentityBatcher(), 96, 0, kwargs, data)
@@ -171,7 +172,7 @@ def test_summed_offline_ratio_bounds_the_step_more_tightly():
     torch.manual_seed(0)
     base = pretrained_bimodal_flow(steps=200)
     cfg = RL100Config(num_inference_steps=4, flow_std=0.1, iql=IQLConfig(hidden=(32, 32), lr=3e-3),
-                      offline_steps=40, offline_lr=1e-4, gate_every=40, batch_size=64)
+                      offline_steps=40, offline_lr=1e-4, gate_every=40, batch_size=64, ope_horizon=0)
     kwargs = make_stochastic(base, cfg)
     data = Transitions()
     collect_episodes(base, bandit_envs(16), IdentityBatcher(), 64, 0, kwargs, data)

@@ -21,7 +21,8 @@ torch.set_num_threads(1)
 PPO = {**vars(PPOConfig(n_steps=2, minibatch_size=16, actor_lr=1e-3, critic_hidden=(16,), critic_warmup_iters=0))}
 ALGO = {"num_inference_steps": 4, "flow_std": 0.1, "episodes_per_iteration": 32, "n_envs": 16, "in_process": True,
         "il_steps": 20, "il_demo_fraction": 0.0, "critic_steps": 50, "batch_size": 64, "offline_steps": 20,
-        "gate_every": 10, "offline_lr": 1e-4, "iql": {"hidden": [32, 32]}, "distill_steps": 0,
+        "gate_every": 10, "offline_lr": 1e-4, "iql": {"hidden": [32, 32]}, "distill_steps": 0, "ope_horizon": 2,
+        "dynamics": {"members": 3, "elites": 2, "hidden": [32, 32], "steps": 50},
         "eval_episodes": 11, "online_eval_episodes": 7, "online_eval_every": 2, "ppo": PPO}
 
 

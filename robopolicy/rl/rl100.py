@@ -69,8 +69,8 @@ class RL100Config:
     offline_logprob_per_dim: bool = True  # True: the ratio of the step log-prob's mean per dimension; False: of
                                           # its sum over the chunk, as RL-100's code (worse on Lift: 46 vs 68/100)
     gate_every: int = 50
-    ope_horizon: int = 0  # 0: the gate's estimate is Q(s, pi(s)) on dataset states; H > 0: the candidate's H-chunk
-                          # return in the learned dynamics ensemble, bootstrapped with Q (RL-100's OPE)
+    ope_horizon: int = 5  # H > 0: the gate's estimate is the candidate's H-chunk return in the learned dynamics
+                          # ensemble, bootstrapped with Q (RL-100's OPE); 0: Q(s, pi(s)) on dataset states only
     ope_states: int = 0  # dataset states the estimate starts from: a fixed random subset of this many; 0: all
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     gate_min_z: float = 0.0  # 0: RL-100's gate (any rise of the OPE estimate); > 0: the rise, state by state,
