@@ -86,3 +86,15 @@ class IQLCritics(nn.Module):
                 for p, pt in zip(net.parameters(), tgt.parameters(), strict=True):
                     pt.lerp_(p, self.cfg.polyak)
         return {"iql/v_loss": float(v_loss.detach()), "iql/q_loss": float(q_loss.detach())}
+
+
+def monte_carlo_returns(rewards: torch.Tensor, dones: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Discounted returns of recorded chunks, (T, n_envs) each in time order: (G, complete), where `complete` marks
+    the chunks whose episode ended inside the record (the others' returns are cut short)."""
+    g, run = torch.zeros_like(rewards, dtype=torch.float32), torch.zeros(rewards.shape[1])
+    complete, ended = torch.zeros_like(g, dtype=torch.bool), torch.zeros(rewards.shape[1], dtype=torch.bool)
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        run = rewards[t].float() + gamma * (1.0 - dones[t].float()) * run
+        ended = ended | (dones[t] > 0.5)
+        g[t], complete[t] = run, ended
+    return g, complete

@@ -40,7 +40,7 @@ from robopolicy.policies.flow import FlowPolicy
 from robopolicy.rl.chain import step_log_probs, stored_step_log_probs
 from robopolicy.rl.dynamics import ChunkDynamics, DynamicsConfig, ObsLayout
 from robopolicy.rl.il_retrain import SuccessfulChunks
-from robopolicy.rl.iql import IQLConfig, IQLCritics
+from robopolicy.rl.iql import IQLConfig, IQLCritics, monte_carlo_returns
 from robopolicy.rl.ppo import PPOConfig
 
 
@@ -232,6 +232,22 @@ def fit_critics(critics: IQLCritics, data: Transitions, steps: int, batch_size: 
         idx = torch.randint(0, len(act), (batch_size,))
         logs = critics.update(s[idx], act[idx], rew[idx], s2[idx], done[idx])
     return logs
+
+
+@torch.no_grad()
+def critic_fit_report(critics: IQLCritics, data: Transitions, start: int) -> dict[str, float]:
+    """Q(s, a) of the chunks recorded from step `start` on (one collection) against their discounted Monte-Carlo
+    returns: an under-fitted critic (too few `critic_steps`) shows as a low correlation or a biased mean."""
+    rewards, dones = torch.stack(data.rewards[start:]), torch.stack(data.dones[start:])
+    g, complete = monte_carlo_returns(rewards, dones, critics.cfg.gamma)
+    g, complete = g.flatten(), complete.flatten()
+    if int(complete.sum()) < 2:
+        return {}
+    s = flat_obs({k: torch.cat([o[k] for o in data.obs[start:]]) for k in data.obs[start]})
+    q = critics.q(s, torch.cat(data.actions[start:]))[complete]
+    g = g[complete]
+    corr = float(torch.corrcoef(torch.stack([q, g]))[0, 1]) if float(q.std()) > 0 and float(g.std()) > 0 else 0.0
+    return {"iql/q_mean": float(q.mean()), "iql/mc_return_mean": float(g.mean()), "iql/q_mc_corr": corr}
 
 
 @torch.no_grad()

@@ -28,6 +28,7 @@ from robopolicy.rl.rl100 import (
     RL100Config,
     Transitions,
     collect_episodes,
+    critic_fit_report,
     distill_consistency,
     fit_critics,
     fit_dynamics,
@@ -117,6 +118,7 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
                                stage=f"offline {it + 1}/{cfg.offline_iterations}: {name}")
 
             phase(f"collecting {cfg.episodes_per_iteration} episodes")
+            collected_from = len(data.rewards)
             roll = collect_episodes(policy, envs, batcher, cfg.episodes_per_iteration, seed + 1000 * it, kwargs, data,
                                     successes)
             progress.env_steps = steps_before + envs.total_env_steps
@@ -127,6 +129,7 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
                 critics = IQLCritics(flat_obs(data.obs[0]).shape[-1], data.actions[0].shape[-1], cfg.iql)
             phase(f"fitting critics, {cfg.critic_steps} steps")
             crit_logs = fit_critics(critics, data, cfg.critic_steps, cfg.batch_size)
+            crit_logs.update(critic_fit_report(critics, data, collected_from))
             dynamics = None
             if cfg.ope_horizon > 0 and cfg.offline_steps > 0:
                 phase(f"fitting the OPE dynamics, {cfg.dynamics.steps} steps")
@@ -146,7 +149,9 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
             offers = ", ".join(f"{h['z']:+.1f} {'yes' if h['accepted'] else 'no'}" for h in gate["gate_history"])
             curves.message(f"[rl100] offline it {it + 1} env_steps {progress.env_steps} rollout_recent "
                            f"{rate_text(roll, 'success_recent')} eval {ev['success_rate']:.2f} "
-                           f"accepted {gate['accepted']}/{gate['offered']} (z and verdict of each offer: {offers or '-'})")
+                           f"accepted {gate['accepted']}/{gate['offered']} (z and verdict of each offer: {offers or '-'})"
+                           + (f"; critic Q {crit_logs['iql/q_mean']:.2f} vs return {crit_logs['iql/mc_return_mean']:.2f}"
+                              f" (corr {crit_logs['iql/q_mc_corr']:.2f})" if "iql/q_mean" in crit_logs else ""))
             save("last", stage=f"offline_{it + 1}", with_state=True)
         curves.advance(progress.env_steps, stage="online" if cfg.online_iterations > 0 else "done")
         if not online_started:
