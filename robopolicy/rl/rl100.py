@@ -61,7 +61,7 @@ class RL100Config:
     il_batch_size: int = 128
     il_demo_fraction: float = 0.5  # share of each re-training batch drawn from the start checkpoint's demos
     il_ema: float = 0.99  # the re-trained policy is the EMA of its weights over the re-training steps; 0: raw
-    critic_steps: int = 1000
+    critic_steps: int = 3000  # 1000 left the critic under-fitted on Lift (iql/q_mc_corr 0.33 vs 0.65)
     batch_size: int = 256
     offline_steps: int = 200  # PPO steps per offline iteration
     offline_lr: float = 1e-5
