@@ -9,7 +9,7 @@ w is the weight of the first parent (the second gets 1 - w); the loop is the fir
 w = 1 is exactly parent 0, and w = 0 is parent 1's network run in parent 0's sampler (for a flow + diffusion
 pair: the diffusion head on the flow's Euler grid, converted at matched noise level). Each parent is also
 evaluated alone with its own sampler. Every policy sees the same episode seeds and the same initial noises
-(paired comparison). Episodes run all at once in one process (rl.batched_eval.success_in_process, the eval runner's
+(paired comparison). Episodes run in one process, up to --max-batch at once (rl.batched_eval.success_in_process, the eval runner's
 seeds). Writes results/gpc_<task>.json and results/gpc_<task>.png (success vs w on validation seeds, with
 the held-out results), and with --save-composed a checkpoint of the chosen composition.
 """
@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--test-episodes", type=int, default=50)
     ap.add_argument("--noise-seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-batch", type=int, default=50,
+                    help="episodes run at once; robosuite's envs take ~130 MB each (100 at once: 13 GB)")
     ap.add_argument("--out", default=None, help="JSON path (default results/gpc_<task>.json)")
     ap.add_argument("--save-composed", default=None, help="write the chosen composition as a checkpoint here")
     args = ap.parse_args()
@@ -70,7 +72,7 @@ def main() -> None:
 
     def run(policy, norm, seed: int, n: int) -> dict:
         t = time.perf_counter()
-        r = success_in_process(policy, norm, task, seed, n, args.noise_seed, action_key)
+        r = success_in_process(policy, norm, task, seed, n, args.noise_seed, action_key, max_batch=args.max_batch)
         k = sum(r["successes"])
         r.update(successes=k, ci95=wilson(k, n), wall_s=time.perf_counter() - t)
         return r
@@ -92,7 +94,7 @@ def main() -> None:
                      "train_step": c.meta.get("step")} for c in loaded]
     result = {"task": args.env or args.task, "parents": parents_meta, "grid": grid, "val_seed": args.val_seed,
               "val_episodes": args.val_episodes, "test_seed": args.test_seed, "test_episodes": args.test_episodes,
-              "noise_seed": args.noise_seed, "val": val, "best_w": best["w"], "test": test,
+              "noise_seed": args.noise_seed, "max_batch": args.max_batch, "val": val, "best_w": best["w"], "test": test,
               "wall_s": time.perf_counter() - t0, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     out.write_text(json.dumps(result, indent=2))

@@ -44,3 +44,22 @@ def test_a_steered_policy_is_evaluated_with_its_actor_mean_as_deployed(monkeypat
     a = success_in_process(steered, norm, TASK, seed=100, n_episodes=48, noise_seed=0)
     b = success_in_process(steered, norm, TASK, seed=100, n_episodes=48, noise_seed=1)
     assert a["successes"] == b["successes"]
+
+
+def test_blocks_of_episodes_keep_the_seeds_and_the_first_blocks_noise(monkeypatch):
+    """`max_batch` bounds how many envs live at once (robosuite's take ~130 MB each) without moving any episode's
+    seed; the first block draws the same noise as the whole run at once (one chunk per bandit episode)."""
+    import pytest
+
+    monkeypatch.setitem(registry._TASKS, "toy_bandit",
+                        registry.TaskSpec("toy_bandit", lambda **_: Bandit(), None, 4, 10.0))
+    policy = pretrained_bimodal_flow(steps=200)
+    norm = NormalizerSet({"state": IdentityNormalizer(), "action": IdentityNormalizer()})
+    whole = success_in_process(policy, norm, TASK, seed=100, n_episodes=40, noise_seed=0)
+    assert success_in_process(policy, norm, TASK, 100, 40, 0, max_batch=40)["successes"] == whole["successes"]
+    blocks = success_in_process(policy, norm, TASK, seed=100, n_episodes=40, noise_seed=0, max_batch=16)
+    assert len(blocks["successes"]) == 40 and blocks["length_mean"] == 4.0
+    assert blocks["successes"][:16] == whole["successes"][:16]
+    assert blocks["successes"][16:] != whole["successes"][16:]  # the later blocks draw from their own streams
+    with pytest.raises(ValueError, match="max_batch"):
+        success_in_process(policy, norm, TASK, 100, 4, 0, max_batch=0)

@@ -1,4 +1,4 @@
-"""Success of a policy over a block of seeded episodes, all at once in one process.
+"""Success of a policy over seeded episodes, run in one process in blocks of episodes at once.
 
 The eval runner (robopolicy/eval) calls the policy per worker and per episode; on a 2-core CPU, stepping all
 episodes in one in-process vector env with one batched policy call per chunk is ~3x cheaper. DSRL's in-run
@@ -20,9 +20,25 @@ from robopolicy.rl import common
 
 
 def success_in_process(policy: Any, normalizer: Any, task: dict, seed: int, n_episodes: int,
-                       noise_seed: int = 0, action_key: str = "action") -> dict[str, Any]:
-    """Success over episodes with seeds seed .. seed + n - 1 (the eval runner's seeds), all at once; the initial
-    noises come from a generator seeded with `noise_seed`. Returns success_rate, successes, length_mean."""
+                       noise_seed: int = 0, action_key: str = "action", max_batch: int | None = None) -> dict[str, Any]:
+    """Success over episodes with seeds seed .. seed + n - 1 (the eval runner's seeds), in blocks of up to
+    `max_batch` episodes run at once (None: all at once); a block's initial noises come from a generator seeded
+    with `noise_seed` (the first block) or `noise_seed` + its first episode's index (the others). Every env lives
+    for its block: robosuite's take ~130 MB each. Returns success_rate, successes, length_mean."""
+    if max_batch is not None and max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1 or None, got {max_batch}")
+    block = max_batch or max(n_episodes, 1)
+    success, length = np.zeros(n_episodes, bool), np.zeros(n_episodes, int)
+    for start in range(0, n_episodes, block):
+        n = min(block, n_episodes - start)
+        success[start:start + n], length[start:start + n] = _run_block(
+            policy, normalizer, task, seed + start, n, noise_seed + start, action_key)
+    return {"success_rate": float(success.mean()), "n_episodes": n_episodes, "seed": seed,
+            "successes": success.tolist(), "length_mean": float(length.mean())}
+
+
+def _run_block(policy: Any, normalizer: Any, task: dict, seed: int, n_episodes: int, noise_seed: int,
+               action_key: str) -> tuple[np.ndarray, np.ndarray]:
     envs = common.make_chunk_envs(task, policy.spec, n_episodes, in_process=True)
     batcher = common.ObsBatcher(policy, normalizer, action_key)
     policy.eval()
@@ -44,5 +60,4 @@ def success_in_process(policy: Any, normalizer: Any, task: dict, seed: int, n_ep
             done |= ended
     finally:
         envs.close()
-    return {"success_rate": float(success.mean()), "n_episodes": n_episodes, "seed": seed,
-            "successes": success.tolist(), "length_mean": float(length.mean())}
+    return success, length
