@@ -7,19 +7,19 @@ RL-100's Algorithm 1 re-trains the IL policy on the merged data every iteration)
 sampled from pi_old at dataset states, every denoising step shares the IQL advantage A = Q(s, a) - V(s) of the
 final action (normalised), ratios are per step on the step's log-prob per dimension (`offline_logprob_per_dim`
 =false: summed over the chunk, as RL-100's code), and the clip range decays linearly.
-Every `gate_every` steps the OPE estimate J(pi) = mean_s Q(s, pi(s)) (the mean-path action on the dataset's
-states) must beat the best so far to replace pi_old (with `gate_min_z` > 0, by that many standard errors of
-the per-state differences: OPEGate); updates that do not are kept optimising against the old reference, and
-the iteration ends with the last accepted policy. Then online PPO on the same chain (robopolicy/rl/ppo.py),
-and for a diffusion head a one-step consistency student (policies/consistency.py) distilled from the
-fine-tuned teacher. The run itself (logs, checkpoints, resume) is rl/rl100_finetune.py.
+Every `gate_every` steps the OPE estimate J(pi) (below) must beat the best so far to replace pi_old (with
+`gate_min_z` > 0, by that many standard errors of the per-state differences: OPEGate); updates that do not are
+kept optimising against the old reference, and the iteration ends with the last accepted policy. Then online PPO
+on the same chain (robopolicy/rl/ppo.py), and for a diffusion head a one-step consistency student
+(policies/consistency.py) distilled from the fine-tuned teacher. The run itself (logs, checkpoints, resume) is
+rl/rl100_finetune.py.
 
-The OPE estimate: with `ope_horizon` = 0 the critic's one-step AM-Q on dataset states, Q(s, pi(s)); with
-`ope_horizon` = H > 0 (RL-100's gate) the H-chunk return of the candidate in a learned dynamics ensemble refitted
-every iteration, bootstrapped with Q (rl/dynamics.py). Simplification, stated: one optimizer step covers all K
-denoising steps of a batch
-(the official code takes one per step). The chain is stochastic DDIM (eta, stds clipped below at min_std)
-for diffusion heads, and Euler with a fixed per-step std for flow heads.
+The OPE estimate, per recorded start state with the candidate's mean-path chunks: with `ope_horizon` = H > 0
+(the default, RL-100's gate) the H-chunk return in a learned dynamics ensemble refitted every iteration,
+bootstrapped with Q (rl/dynamics.py); with 0, the critic's one-step AM-Q, Q(s, pi(s)). Simplification, stated:
+one optimizer step covers all K denoising steps of a batch (the official code takes one per step). The chain is
+stochastic DDIM (eta, stds clipped below at min_std) for diffusion heads, and Euler with a fixed per-step std for
+flow heads.
 """
 
 from __future__ import annotations
