@@ -73,8 +73,8 @@ def main() -> None:
     def run(policy, norm, seed: int, n: int) -> dict:
         t = time.perf_counter()
         r = success_in_process(policy, norm, task, seed, n, args.noise_seed, action_key, max_batch=args.max_batch)
-        k = sum(r["successes"])
-        r.update(successes=k, ci95=wilson(k, n), wall_s=time.perf_counter() - t)
+        k = sum(r["successes"])  # per episode under "outcomes", for paired tests (scripts/compare_evals.py's McNemar)
+        r.update(outcomes=r["successes"], successes=k, ci95=wilson(k, n), wall_s=time.perf_counter() - t)
         return r
 
     val = []
