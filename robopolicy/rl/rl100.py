@@ -156,12 +156,17 @@ def make_stochastic(policy: GenerativePolicy, cfg: RL100Config) -> dict[str, Any
     raise ValueError(f"RL-100 needs a diffusion or flow head, got {type(policy).__name__}")
 
 
+def critic_keys(obs: dict[str, Any]) -> list[str]:
+    """The observation keys the critics read, in flat_obs's order (the dynamics model unflattens in it too)."""
+    return sorted(k for k in obs if k != "language")
+
+
 def flat_obs(obs: dict[str, torch.Tensor]) -> torch.Tensor:
     """Critic input: the normalized low-dim observation history, flattened."""
     images = [k for k in obs if key_kind(k) == "image"]
     if images:
         raise ValueError(f"RL-100's critics here take low-dim observations; {images} are images. Use a state task")
-    return torch.cat([obs[k].flatten(1).float() for k in sorted(obs) if k != "language"], -1)
+    return torch.cat([obs[k].flatten(1).float() for k in critic_keys(obs)], -1)
 
 
 def executed(chunk: torch.Tensor, spec: Any) -> torch.Tensor:
@@ -260,8 +265,8 @@ def ope_values(policy: GenerativePolicy, critics: IQLCritics, obs: dict[str, tor
         raise ValueError("an OPE horizon > 0 needs a fitted dynamics model")
     g = torch.Generator().manual_seed(seed)
     s = flat_obs(obs)
-    layout = ObsLayout(obs, sorted(k for k in obs if k != "language"))
-    carried = {k: v for k, v in obs.items() if k == "language"}
+    layout = ObsLayout(obs, critic_keys(obs))
+    carried = {k: v for k, v in obs.items() if k not in layout.keys}
     value, alive, gamma = torch.zeros(s.shape[0]), torch.ones(s.shape[0]), critics.cfg.gamma
     for h in range(horizon + 1):
         noise = torch.randn(policy.noise_shape(s.shape[0]), generator=g)
