@@ -134,6 +134,19 @@ def test_cli_dispatch_table_and_errors(tmp_path, capsys):
     assert finetune_cli.main(["algo=nope", f"checkpoint={tmp_path}"]) == 2
 
 
+def test_load_start_refuses_a_language_conditioned_head(monkeypatch, tmp_path):
+    """The chunk envs carry no instruction, so such a head would fail deep inside its first rollout."""
+    from robopolicy.train import checkpoint as ckpt
+    policy = pretrained_bimodal_flow(steps=1)
+    normalizer = NormalizerSet({"state": IdentityNormalizer(), "action": IdentityNormalizer()})
+    loaded = LoadedCheckpoint(policy, normalizer, {}, {}, tmp_path)
+    monkeypatch.setattr(ckpt, "load_checkpoint", lambda path, device="cpu": loaded)
+    assert common.load_start(tmp_path) is loaded
+    policy.spec = dataclasses.replace(SPEC, language=True)
+    with pytest.raises(ValueError, match="language-conditioned head.*without task.language"):
+        common.load_start(tmp_path)
+
+
 def test_before_eval_json_accepts_eval_json_and_checks_the_episode_count(tmp_path):
     import json
     summary = {"n_episodes": 20, "n_success": 11, "success_rate": 0.55}
