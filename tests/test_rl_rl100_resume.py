@@ -92,6 +92,16 @@ def test_resume_continues_offline_then_online_stage(rl100_run, tmp_path):
     assert (out / f"config_resume{first['env_steps']}.json").is_file()
 
 
+def test_offline_loop_without_ppo_runs_with_the_default_model_gate(rl100_run, tmp_path):
+    """`offline_steps=0` (imitation re-training only, the setting the config recommends on Lift) offers the gate
+    nothing, so it must neither fit the dynamics nor ask for an estimate, whatever `ope_horizon` is."""
+    out = rl100_run(tmp_path / "run", offline_iterations=2, online_iterations=0, offline_steps=0, ope_horizon=5)
+    assert out["gate_history"] == {"offline_1": [], "offline_2": []}
+    rows = _rows(tmp_path / "run")
+    assert [r["offline/accepted"] for r in rows[1:3]] == [0, 0]
+    assert not any("offline/gate_best" in r or "dynamics/holdout_mse" in r for r in rows)
+
+
 def test_resume_restores_critics_and_ppo_exactly(rl100_run, tmp_path, toy_start):
     from robopolicy.rl.iql import IQLConfig, IQLCritics
     from robopolicy.rl.ppo import PPO as PPOLoop

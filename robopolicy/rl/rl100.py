@@ -303,7 +303,10 @@ def fit_dynamics(data: Transitions, cfg: RL100Config, seed: int) -> tuple[ChunkD
 def offline_improve(policy: GenerativePolicy, critics: IQLCritics, data: Transitions, cfg: RL100Config,
                     kwargs: dict[str, Any], dynamics: ChunkDynamics | None = None, seed: int = 0) -> dict[str, Any]:
     """OPE-gated PPO on the denoising chain against the frozen reference; leaves `policy` = last accepted.
-    With `cfg.ope_horizon` > 0 the gate's estimate rolls `dynamics` (fit_dynamics)."""
+    With `cfg.ope_horizon` > 0 the gate's estimate rolls `dynamics` (fit_dynamics). With `cfg.offline_steps` = 0
+    there is nothing to offer: no estimate is computed and `dynamics` is not needed."""
+    if cfg.offline_steps == 0:
+        return {"gate_history": [], "accepted": 0, "offered": 0}
     obs_all = data.tensors()[0]
     n = flat_obs(obs_all).shape[0]
     ref = copy.deepcopy(policy).requires_grad_(False)

@@ -135,7 +135,8 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
                 phase(f"fitting the OPE dynamics, {cfg.dynamics.steps} steps")
                 dynamics, dyn_logs = fit_dynamics(data, cfg, seed + it)
                 crit_logs.update(dyn_logs)
-            phase(f"gated PPO, {cfg.offline_steps} steps")
+            if cfg.offline_steps > 0:
+                phase(f"gated PPO, {cfg.offline_steps} steps")
             gate = offline_improve(policy, critics, data, cfg, kwargs, dynamics)
             phase("evaluating")
             ev = evaluate()
@@ -145,7 +146,8 @@ def finetune(checkpoint: str, task: dict[str, Any], algo: dict[str, Any], out_di
                                 "rollout/success_rate": roll.get("success_rate", float("nan")),
                                 "rollout/success_recent": roll.get("success_recent", float("nan")),
                                 "eval/success_rate": ev["success_rate"], "offline/accepted": gate["accepted"],
-                                "offline/gate_best": gate["gate_best"], **crit_logs, **il_logs})
+                                **({"offline/gate_best": gate["gate_best"]} if "gate_best" in gate else {}),
+                                **crit_logs, **il_logs})
             offers = ", ".join(f"{h['z']:+.1f} {'yes' if h['accepted'] else 'no'}" for h in gate["gate_history"])
             curves.message(f"[rl100] offline it {it + 1} env_steps {progress.env_steps} rollout_recent "
                            f"{rate_text(roll, 'success_recent')} eval {ev['success_rate']:.2f} "
