@@ -102,7 +102,7 @@ def load_start(path: str | Path, device: str = "cpu") -> ckpt.LoadedCheckpoint:
     if not isinstance(loaded.policy, GenerativePolicy):
         raise ValueError(f"checkpoint {path} holds a {type(loaded.policy).__name__}, which has no denoising chain; "
                          "RL fine-tuning needs a diffusion or flow head")
-    if getattr(loaded.policy.spec, "language", False):
+    if loaded.policy.spec.language:
         # The chunk envs return arrays only, so the instruction never reaches the head during rollouts.
         raise ValueError(f"checkpoint {path} holds a language-conditioned head; RL fine-tuning runs single-task "
                          "envs that carry no instruction. Fine-tune a head trained without task.language")

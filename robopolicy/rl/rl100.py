@@ -186,9 +186,13 @@ class Transitions:
     dones: list[torch.Tensor] = field(default_factory=list)
 
     def tensors(self) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        cat = lambda ds: {k: torch.cat([d[k] for d in ds]) for k in ds[0]}  # noqa: E731
-        return (cat(self.obs), torch.cat(self.actions), torch.cat(self.rewards), cat(self.next_obs),
+        return (cat_obs(self.obs), torch.cat(self.actions), torch.cat(self.rewards), cat_obs(self.next_obs),
                 torch.cat(self.dones))
+
+
+def cat_obs(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Observation dicts of recorded steps, concatenated along the batch per key."""
+    return {k: torch.cat([d[k] for d in batches]) for k in batches[0]}
 
 
 @torch.no_grad()
@@ -248,7 +252,7 @@ def critic_fit_report(critics: IQLCritics, data: Transitions, start: int) -> dic
     g, complete = g.flatten(), complete.flatten()
     if int(complete.sum()) < 2:
         return {}
-    s = flat_obs({k: torch.cat([o[k] for o in data.obs[start:]]) for k in data.obs[start]})
+    s = flat_obs(cat_obs(data.obs[start:]))
     q = critics.q(s, torch.cat(data.actions[start:]))[complete]
     g = g[complete]
     corr = float(torch.corrcoef(torch.stack([q, g]))[0, 1]) if float(q.std()) > 0 and float(g.std()) > 0 else 0.0
